@@ -1,0 +1,141 @@
+"""API keys: created once and shown once, stored as SHA-256 digests.
+
+Keys are 256-bit random tokens, so a fast digest is as safe as a slow one and
+lets every request be checked with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Engine, Integer, Numeric, String, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from common.db import Base
+
+KEY_PREFIX = "llmq-"
+
+
+class ApiKey(Base):
+    """One API key and the limits it carries."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    hint: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    balance: Mapped[Decimal | None] = mapped_column(Numeric(18, 6), nullable=True)
+    daily_free: Mapped[Decimal | None] = mapped_column(Numeric(18, 6), nullable=True)
+    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The key as admins see it (never the key itself)."""
+        def stamp(value: dt.datetime | None) -> int | None:
+            return int(value.replace(tzinfo=dt.UTC).timestamp()) if value else None
+
+        return {
+            "id": self.id,
+            "object": "api_key",
+            "name": self.name,
+            "hint": self.hint,
+            "created_at": stamp(self.created_at),
+            "revoked_at": stamp(self.revoked_at),
+            "expires_at": stamp(self.expires_at),
+            "balance": float(self.balance) if self.balance is not None else None,
+            "daily_free": float(self.daily_free) if self.daily_free is not None else None,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "concurrency": self.concurrency,
+            "models": self.models,
+        }
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """What a request learns about the key it carries."""
+
+    id: str
+    name: str
+    models: tuple[str, ...] | None
+
+
+def digest(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+class KeyStore:
+    """Creates, lists, revokes and checks API keys."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, name: str, **limits: Any) -> tuple[ApiKey, str]:
+        """Create a key; return its row and the key itself (shown only now)."""
+        raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(
+            id=f"key_{uuid.uuid4().hex[:20]}",
+            name=name,
+            key_hash=digest(raw),
+            hint=f"{raw[:9]}…{raw[-4:]}",
+            created_at=_utcnow(),
+            expires_at=_naive_utc(limits.pop("expires_at", None)),
+            **limits,
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            session.add(row)
+            session.commit()
+        return row, raw
+
+    def list(self) -> list[ApiKey]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+    def get(self, key_id: str) -> ApiKey | None:
+        with Session(self.engine) as session:
+            return session.get(ApiKey, key_id)
+
+    def revoke(self, key_id: str) -> ApiKey | None:
+        """Revoke a key; None if there is no such key."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.get(ApiKey, key_id)
+            if row is not None and row.revoked_at is None:
+                row.revoked_at = _utcnow()
+                session.commit()
+            return row
+
+    def authenticate(self, raw_key: str) -> KeyIdentity | None:
+        """The identity of a live key, or None if unknown, revoked or expired."""
+        wanted = digest(raw_key)
+        with Session(self.engine) as session:
+            row = session.scalars(select(ApiKey).where(ApiKey.key_hash == wanted)).first()
+            if row is None or not hmac.compare_digest(row.key_hash, wanted):
+                return None
+            if row.revoked_at is not None:
+                return None
+            if row.expires_at is not None and row.expires_at <= _utcnow():
+                return None
+            return KeyIdentity(row.id, row.name, tuple(row.models) if row.models else None)

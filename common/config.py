@@ -1,0 +1,103 @@
+"""Settings read from the environment (12-factor) and their defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.catalog import Catalog, load_catalog
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_ROOT / 'var' / 'llmq.sqlite3'}"
+DEFAULT_CATALOG_PATH = PROJECT_ROOT / "catalog.yaml"
+DEFAULT_PORT = 8000
+DEFAULT_WORKER_CONCURRENCY = 200
+#: How long job records and event logs live in Redis (7 days).
+DEFAULT_JOB_TTL_SECONDS = 7 * 24 * 3600
+#: Largest request body accepted (8 MiB).
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: Longest silence on an SSE stream before a keepalive comment.
+DEFAULT_SSE_KEEPALIVE_SECONDS = 15.0
+#: Socket timeout of ordinary Redis calls: a dead Redis must answer 503 within 2 s.
+DEFAULT_REDIS_TIMEOUT_SECONDS = 1.0
+#: Broker redelivery of unacknowledged tasks; longer than any job may run.
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a web or worker process needs to know about its environment."""
+
+    catalog: Catalog
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    admin_key: str | None = field(default=None, repr=False)
+    port: int = DEFAULT_PORT
+    worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY
+    job_ttl_seconds: int = DEFAULT_JOB_TTL_SECONDS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    sse_keepalive_seconds: float = DEFAULT_SSE_KEEPALIVE_SECONDS
+    redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
+    visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, kind: type) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a {kind.__name__}, not {raw!r}") from exc
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from ``environ`` (default: the process environment).
+
+    Raises:
+        ConfigError: a variable is malformed.
+        CatalogError: the catalog cannot be read.
+    """
+    env = os.environ if environ is None else environ
+    catalog_path = Path(env.get("LLMQ_CATALOG") or DEFAULT_CATALOG_PATH)
+    return Settings(
+        catalog=load_catalog(catalog_path, env),
+        redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+        admin_key=env.get("LLMQ_ADMIN_KEY") or None,
+        port=int(_number(env, "PORT", DEFAULT_PORT, int)),
+        worker_concurrency=int(
+            _number(env, "LLMQ_WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, int)
+        ),
+        job_ttl_seconds=int(
+            _number(env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS, int)
+        ),
+        max_body_bytes=int(
+            _number(env, "LLMQ_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
+        ),
+        sse_keepalive_seconds=_number(
+            env, "LLMQ_SSE_KEEPALIVE_SECONDS", DEFAULT_SSE_KEEPALIVE_SECONDS, float
+        ),
+        redis_timeout_seconds=_number(
+            env, "LLMQ_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS, float
+        ),
+        visibility_timeout_seconds=int(
+            _number(
+                env,
+                "LLMQ_VISIBILITY_TIMEOUT_SECONDS",
+                DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
+                int,
+            )
+        ),
+    )

@@ -1,0 +1,54 @@
+"""The relational database: engine setup and the declarative base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import DeclarativeBase
+
+#: Seconds to wait for a database connection before answering 503.
+CONNECT_TIMEOUT_SECONDS = 2
+
+
+class Base(DeclarativeBase):
+    """Base of every table."""
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy assumes psycopg2)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get their folder and WAL mode."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 10}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _wal(conn, _record) -> None:  # type: ignore[no-untyped-def]
+            conn.execute("PRAGMA journal_mode=WAL")
+
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables (the schema is additive until migrations are needed)."""
+    from common import apikeys  # noqa: F401  registers the tables on Base
+
+    Base.metadata.create_all(engine)

@@ -1,0 +1,71 @@
+"""Reading and following a job's event log (a Redis stream with ids ``0-<n>``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis
+
+from common import keys
+
+#: Most entries fetched by one read of an event log.
+READ_BATCH_EVENTS = 1000
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's event log; ``data`` is the JSON text as stored."""
+
+    id: int
+    type: str
+    data: bytes
+
+
+def _events(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+    return [
+        Event(int(entry_id.split(b"-", 1)[1]), fields[b"e"].decode(), fields[b"d"])
+        for entry_id, fields in entries
+    ]
+
+
+class EventLog:
+    """Replays and follows event logs; blocking reads use their own client."""
+
+    def __init__(self, client: redis.Redis, blocking: redis.Redis) -> None:
+        self.redis = client
+        self.blocking = blocking
+
+    def read(self, job_id: str, after: int, block_seconds: float = 0) -> list[Event]:
+        """Events with id > ``after``; waits up to ``block_seconds`` if none yet."""
+        key = keys.events_key(job_id)
+        if block_seconds <= 0:
+            return _events(
+                self.redis.xrange(key, f"(0-{after}", "+", count=READ_BATCH_EVENTS)
+            )
+        reply = self.blocking.xread(
+            {key: f"0-{after}"},
+            count=READ_BATCH_EVENTS,
+            block=max(1, int(block_seconds * 1000)),
+        )
+        return _events(reply[0][1]) if reply else []
+
+    def follow(
+        self, job_id: str, after: int, idle_seconds: float
+    ) -> Iterator[Event | None]:
+        """Yield every event after ``after`` until ``done``; None after each idle spell.
+
+        Ends early if the log disappears (the job expired).
+        """
+        while True:
+            batch = self.read(job_id, after, block_seconds=idle_seconds)
+            if not batch:
+                if not self.redis.exists(keys.events_key(job_id)):
+                    return
+                yield None
+                continue
+            for event in batch:
+                yield event
+                after = event.id
+                if event.type == "done":
+                    return

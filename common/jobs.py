@@ -1,0 +1,251 @@
+"""Submitting, reading, waiting on and cancelling jobs: what every web route calls."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from common.apikeys import KeyIdentity
+from common.catalog import Catalog, ModelConfig
+from common.errors import (
+    ConflictError,
+    ForbiddenError,
+    InvalidModelError,
+    NotFoundError,
+    UnavailableError,
+)
+from common.eventlog import Event, EventLog
+from common.keys import events_key, idempotency_key
+from common.queues import Priority
+from common.schemas import ChatRequest
+from common.storage import JobRecord, JobStore, Transition, now
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as stored in records and events."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def resolve_model(
+    catalog: Catalog, caller: KeyIdentity, model_id: str, provider: str | None
+) -> ModelConfig:
+    """The catalog model a request names, checked against the caller's allow-list.
+
+    Raises:
+        InvalidModelError: unknown or disabled model or provider, or not a chat model.
+        ForbiddenError: the key may not use this model.
+    """
+    if provider is not None:
+        config = catalog.providers.get(provider)
+        if config is None or not config.enabled:
+            raise InvalidModelError(f"unknown provider {provider!r}", param="provider")
+    model = catalog.find_model(model_id, provider)
+    if model is None or model.type != 0:
+        raise InvalidModelError(f"unknown model {model_id!r}", param="model")
+    if caller.models is not None and model.id not in caller.models:
+        raise ForbiddenError(f"this key may not use model {model_id!r}", param="model")
+    return model
+
+
+def job_object(job: JobRecord, queue_position: int | None = None) -> dict[str, Any]:
+    """The public job object of API.md section 5."""
+    obj: dict[str, Any] = {
+        "id": job.id,
+        "object": "job",
+        "status": job.status,
+        "model": job.model,
+        "provider": job.provider,
+        "priority": job.priority,
+        "created_at": int(job.created_at),
+        "started_at": int(job.started_at) if job.started_at else None,
+        "finished_at": int(job.finished_at) if job.finished_at else None,
+        "attempts": job.attempts,
+        "result": job.result,
+        "error": job.error,
+        "usage": job.usage,
+        "metadata": job.metadata,
+    }
+    if job.status == "queued":
+        obj["queue_position"] = queue_position
+    return obj
+
+
+def finish_job(
+    store: JobStore,
+    job: JobRecord,
+    status: str,
+    *,
+    expected: tuple[str, ...],
+    fields: dict[str, Any] | None = None,
+    events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+) -> tuple[JobRecord, Transition]:
+    """Move ``job`` to a terminal ``status``, appending ``events`` then ``done``.
+
+    The ``done`` event carries the final job object, so a follower needs no
+    second read. Applied only if the job is still in one of ``expected``.
+    """
+    final = dataclasses.replace(
+        job, status=status, finished_at=now(), **(fields or {})
+    )
+    changes = {"status": status, "finished_at": final.finished_at, **(fields or {})}
+    done = store.transition(
+        job,
+        expected=expected,
+        fields=changes,
+        events=[*events, ("done", dumps(job_object(final)))],
+        dequeue=True,
+        refresh_ttl=True,
+    )
+    return final, done
+
+
+class JobService:
+    """The job machinery as the web front end sees it."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        events: EventLog,
+        catalog: Catalog,
+        enqueue: Callable[[str, Priority], None],
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.catalog = catalog
+        self.enqueue = enqueue
+
+    def submit(
+        self,
+        caller: KeyIdentity,
+        request: ChatRequest,
+        *,
+        provider: str | None = None,
+        priority: Priority = "interactive",
+        metadata: dict[str, Any] | None = None,
+        idempotency: str | None = None,
+    ) -> JobRecord:
+        """Validate against the catalog, store the job and enqueue it.
+
+        Raises:
+            ConflictError: ``idempotency`` was used with a different body.
+            UnavailableError: the broker refused the task (the job is failed).
+        """
+        model = resolve_model(self.catalog, caller, request.model, provider)
+        body = request.upstream_body()
+        fields = {
+            "id": new_job_id(),
+            "owner": caller.id,
+            "status": "queued",
+            "model": model.id,
+            "provider": model.provider,
+            "priority": priority,
+            "created_at": now(),
+            "attempts": 0,
+            "request": body,
+            "metadata": metadata,
+        }
+        claim = None
+        if idempotency:
+            digest = hashlib.sha256(
+                dumps([model.id, model.provider, priority, metadata, body]).encode()
+            ).hexdigest()
+            claim = (idempotency_key(caller.id, idempotency), f"{digest} {fields['id']}")
+        prior = self.store.create(fields, claim)
+        if prior is not None:
+            return self._replay(caller, prior, claim)
+        job = self.store.get(fields["id"])
+        assert job is not None
+        try:
+            self.enqueue(job.id, priority)
+        except UnavailableError as exc:
+            finish_job(
+                self.store, job, "failed", expected=("queued",),
+                fields={"error": exc.to_dict()},
+                events=[("error", dumps(exc.to_dict()))],
+            )
+            raise
+        return job
+
+    def _replay(self, caller: KeyIdentity, prior: str, claim: tuple[str, str] | None) -> JobRecord:
+        digest, _, job_id = prior.partition(" ")
+        assert claim is not None
+        if claim[1].partition(" ")[0] != digest:
+            raise ConflictError(
+                "this Idempotency-Key was used with a different request body",
+                param="Idempotency-Key",
+            )
+        return self.get(caller, job_id)
+
+    def get(self, caller: KeyIdentity, job_id: str) -> JobRecord:
+        """The caller's job. Raises NotFoundError for others' jobs as for none."""
+        job = self.store.get(job_id)
+        if job is None or job.owner != caller.id:
+            raise NotFoundError(f"no job {job_id!r}", param="job_id")
+        return job
+
+    def view(self, job: JobRecord) -> dict[str, Any]:
+        """The job object, with its queue position while queued."""
+        position = self.store.queue_position(job) if job.status == "queued" else None
+        return job_object(job, position)
+
+    def wait(self, job: JobRecord, seconds: float) -> JobRecord:
+        """Hold until the job ends or ``seconds`` pass; return its latest record."""
+        deadline = time.monotonic() + seconds
+        after = self.store.redis.xlen(events_key(job.id))
+        latest = self.store.get(job.id) or job
+        while not latest.terminal and (left := deadline - time.monotonic()) > 0:
+            batch = self.events.read(job.id, after, block_seconds=left)
+            if not batch:
+                break
+            after = batch[-1].id
+            if any(e.type == "done" for e in batch):
+                latest = self.store.get(job.id) or latest
+        return latest
+
+    def follow(self, job: JobRecord, after: int, idle_seconds: float) -> Iterator[Event | None]:
+        """The job's events after ``after``, live, ending with ``done``."""
+        return self.events.follow(job.id, after, idle_seconds)
+
+    def cancel(self, caller: KeyIdentity, job_id: str) -> JobRecord:
+        """Cancel a job: a queued one ends at once, a running one is signalled."""
+        job = self.get(caller, job_id)
+        if job.status == "queued":
+            cancelled = self._cancel_queued(job)
+            if cancelled is not None:
+                return cancelled
+        if not job.terminal:
+            self.store.request_cancel(job.id)
+        return self.store.get(job.id) or job
+
+    def _cancel_queued(self, job: JobRecord) -> JobRecord | None:
+        final, done = finish_job(
+            self.store, job, "cancelled", expected=("queued",),
+            events=[("status", dumps({"status": "cancelled"}))],
+        )
+        return final if done.applied else None
+
+    def list(
+        self, caller: KeyIdentity, status: str | None, limit: int, after: str | None
+    ) -> tuple[list[JobRecord], bool]:
+        """The caller's jobs, newest first, and whether more follow."""
+        found: list[JobRecord] = []
+        cursor = after
+        while len(found) <= limit:
+            ids = self.store.list_ids(caller.id, cursor, limit + 1)
+            if not ids:
+                break
+            for job_id in ids:
+                job = self.store.get(job_id)
+                if job and (status is None or job.status == status):
+                    found.append(job)
+            cursor = ids[-1]
+        return found[:limit], len(found) > limit

@@ -1,0 +1,33 @@
+"""Every Redis key llmq uses, and the one builder for each."""
+
+from __future__ import annotations
+
+PREFIX = "llmq"
+
+#: Pub/sub channel on which cancellation requests reach the workers.
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+
+
+def job_key(job_id: str) -> str:
+    """Hash holding one job record."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    """Stream holding one job's event log; entry ids are ``0-<event id>``."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def queued_key(queue: str) -> str:
+    """Sorted set of the jobs waiting on ``queue``, scored by submission time."""
+    return f"{PREFIX}:queued:{queue}"
+
+
+def owner_jobs_key(key_id: str) -> str:
+    """Sorted set of one API key's jobs, scored by creation time in ms."""
+    return f"{PREFIX}:owner:{key_id}:jobs"
+
+
+def idempotency_key(key_id: str, idem: str) -> str:
+    """String mapping an ``Idempotency-Key`` to ``<body digest> <job id>``."""
+    return f"{PREFIX}:idem:{key_id}:{idem}"

@@ -1,0 +1,32 @@
+"""Redis clients tuned so that a dead Redis fails fast instead of hanging."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+#: Extra socket time a blocking read gets beyond the block it asked for.
+BLOCKING_READ_MARGIN_SECONDS = 5.0
+
+
+def connect(url: str, timeout_seconds: float) -> redis.Redis:
+    """A client for short commands: connect and read within ``timeout_seconds``."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_seconds,
+        socket_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+
+
+def connect_blocking(url: str, timeout_seconds: float, block_seconds: float) -> redis.Redis:
+    """A client for blocking reads (XREAD BLOCK) of up to ``block_seconds``."""
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=timeout_seconds,
+        socket_timeout=block_seconds + BLOCKING_READ_MARGIN_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )

@@ -1,0 +1,281 @@
+"""Job records in Redis, and the atomic scripts that change them with their events.
+
+A job is a hash (``keys.job_key``); its events are a stream (``keys.events_key``)
+whose entry ids are ``0-1``, ``0-2``, ... so the SSE ``id:`` is a plain integer.
+Every status change and the events announcing it are written by one Lua script,
+so a follower never sees a status without its event or the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from common import keys
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+#: How long an ``Idempotency-Key`` remembers its job (24 h).
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+# KEYS: job, events, queued zset, owner index, idempotency key ("" = none)
+# ARGV: ttl, job id, now ms, idempotency value, idempotency ttl, field/value pairs
+_CREATE = """
+if KEYS[5] ~= '' then
+  local prior = redis.call('GET', KEYS[5])
+  if prior then return prior end
+  redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
+end
+local fields = {}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+return false
+"""
+
+# KEYS: job, events, queued zset
+# ARGV: ttl (0 = keep), expected statuses "a,b" ("" = any), job id to dequeue
+#       ("" = none), field count, pairs..., event count, (type, data) pairs...
+# Returns {applied 0/1, status, last event id, cancel flag}.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, '', 0, ''} end
+if ARGV[2] ~= '' then
+  local ok = false
+  for s in string.gmatch(ARGV[2], '[^,]+') do
+    if s == status then ok = true end
+  end
+  if not ok then
+    return {0, status, redis.call('XLEN', KEYS[2]),
+            redis.call('HGET', KEYS[1], 'cancel') or ''}
+  end
+end
+local i = 5
+local nfields = tonumber(ARGV[4])
+if nfields > 0 then
+  local pairs = {}
+  for j = 0, nfields * 2 - 1 do pairs[#pairs + 1] = ARGV[i + j] end
+  redis.call('HSET', KEYS[1], unpack(pairs))
+  i = i + nfields * 2
+end
+local nevents = tonumber(ARGV[i])
+i = i + 1
+local n = redis.call('XLEN', KEYS[2])
+for j = 1, nevents do
+  n = n + 1
+  redis.call('XADD', KEYS[2], '0-' .. n, 'e', ARGV[i], 'd', ARGV[i + 1])
+  i = i + 2
+end
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
+if tonumber(ARGV[1]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return {1, redis.call('HGET', KEYS[1], 'status'), n,
+        redis.call('HGET', KEYS[1], 'cancel') or ''}
+"""
+
+_JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: what the worker needs and what clients are shown."""
+
+    id: str
+    owner: str
+    status: str
+    model: str
+    provider: str
+    priority: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+    cancel_requested: bool
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a transition script did."""
+
+    applied: bool
+    status: str
+    last_event_id: int
+    cancel_requested: bool
+
+
+def _decode(raw: dict[bytes, bytes]) -> JobRecord:
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+
+    def num(name: str) -> float | None:
+        return float(f[name]) if f.get(name) else None
+
+    loaded = {name: json.loads(f[name]) if f.get(name) else None for name in _JSON_FIELDS}
+    return JobRecord(
+        id=f["id"],
+        owner=f["owner"],
+        status=f["status"],
+        model=f["model"],
+        provider=f["provider"],
+        priority=f["priority"],
+        created_at=float(f["created_at"]),
+        started_at=num("started_at"),
+        finished_at=num("finished_at"),
+        attempts=int(f.get("attempts") or 0),
+        request=loaded["request"] or {},
+        result=loaded["result"],
+        error=loaded["error"],
+        usage=loaded["usage"],
+        metadata=loaded["metadata"],
+        cancel_requested=f.get("cancel") == "1",
+    )
+
+
+def encode_fields(fields: dict[str, Any]) -> list[str]:
+    """Flatten a field mapping for HSET: JSON for structures, text for scalars."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        if name in _JSON_FIELDS:
+            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        flat += [name, "" if value is None else str(value)]
+    return flat
+
+
+class JobStore:
+    """Reads and writes job records and appends to their event logs."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl_seconds = ttl_seconds
+        self._create = client.register_script(_CREATE)
+        self._transition = client.register_script(_TRANSITION)
+
+    def create(
+        self, fields: dict[str, Any], idempotency: tuple[str, str] | None = None
+    ) -> str | None:
+        """Store a new queued job with its first event.
+
+        Args:
+            fields: the record; must hold id, owner, priority and created_at.
+            idempotency: ``(redis key, value)`` to claim; if already claimed
+                nothing is written.
+
+        Returns:
+            None when created, else the value already held by the idempotency key.
+        """
+        job_id = fields["id"]
+        idem_key, idem_value = idempotency or ("", "")
+        prior = self._create(
+            keys=[
+                keys.job_key(job_id),
+                keys.events_key(job_id),
+                keys.queued_key(fields["priority"]),
+                keys.owner_jobs_key(fields["owner"]),
+                idem_key,
+            ],
+            args=[
+                self.ttl_seconds,
+                job_id,
+                int(fields["created_at"] * 1000),
+                idem_value,
+                IDEMPOTENCY_TTL_SECONDS,
+                *encode_fields(fields),
+            ],
+        )
+        return prior.decode() if prior else None
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job record, or None if it does not exist (or expired)."""
+        raw = self.redis.hgetall(keys.job_key(job_id))
+        return _decode(raw) if raw else None
+
+    def transition(
+        self,
+        job: JobRecord,
+        *,
+        expected: tuple[str, ...] = (),
+        fields: dict[str, Any] | None = None,
+        events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        dequeue: bool = False,
+        refresh_ttl: bool = False,
+    ) -> Transition:
+        """Atomically check the status, update fields and append events.
+
+        Args:
+            expected: statuses the job must be in for anything to happen.
+            events: ``(type, JSON data)`` pairs appended in order.
+            dequeue: remove the job from its queue's waiting set.
+            refresh_ttl: restart the record's and log's time to live.
+        """
+        flat = encode_fields(fields or {})
+        args: list[Any] = [
+            self.ttl_seconds if refresh_ttl else 0,
+            ",".join(expected),
+            job.id if dequeue else "",
+            len(flat) // 2,
+            *flat,
+            len(events),
+        ]
+        for event_type, data in events:
+            args += [event_type, data]
+        applied, status, last, cancel = self._transition(
+            keys=[
+                keys.job_key(job.id),
+                keys.events_key(job.id),
+                keys.queued_key(job.priority),
+            ],
+            args=args,
+        )
+        return Transition(
+            applied=bool(applied),
+            status=status.decode() if isinstance(status, bytes) else str(status),
+            last_event_id=int(last),
+            cancel_requested=cancel in (b"1", "1"),
+        )
+
+    def queue_position(self, job: JobRecord) -> int | None:
+        """1-based place of a queued job among those waiting on its queue."""
+        rank = self.redis.zrank(keys.queued_key(job.priority), job.id)
+        return None if rank is None else int(rank) + 1
+
+    def list_ids(self, owner: str, after: str | None, count: int) -> list[str]:
+        """Up to ``count`` of ``owner``'s job ids, newest first, after ``after``."""
+        index = keys.owner_jobs_key(owner)
+        start = 0
+        if after:
+            rank = self.redis.zrevrank(index, after)
+            if rank is None:
+                return []
+            start = int(rank) + 1
+        return [m.decode() for m in self.redis.zrevrange(index, start, start + count - 1)]
+
+    def request_cancel(self, job_id: str) -> None:
+        """Flag a running job for cancellation and tell the workers."""
+        pipe = self.redis.pipeline()
+        pipe.hset(keys.job_key(job_id), "cancel", "1")
+        pipe.publish(keys.CANCEL_CHANNEL, job_id)
+        pipe.execute()
+
+
+def now() -> float:
+    """Wall-clock seconds; job timestamps are Unix epoch seconds."""
+    return time.time()

@@ -1,0 +1,76 @@
+"""The Flask front end: ``create_app`` builds the app with all its surfaces."""
+
+from __future__ import annotations
+
+import redis
+from flask import Response, g
+from flask_openapi3 import Info, OpenAPI
+from kombu.exceptions import OperationalError as BrokerError
+
+from common.apikeys import KeyStore
+from common.config import Settings, load_settings
+from common.db import create_schema, make_engine
+from common.errors import UnavailableError
+from common.eventlog import EventLog
+from common.jobs import JobService
+from common.queues import TASK_RUN_JOB, Priority
+from common.redis_client import connect, connect_blocking
+from common.storage import JobStore
+from web import admin, chat, envelope, health, jobs, legacy, models
+from web.cli import keys_cli
+from web.context import Services
+from web.errors import register_error_handlers, validation_error_response
+from workers.celery_app import make_celery
+
+
+def _services(settings: Settings) -> Services:
+    client = connect(settings.redis_url, settings.redis_timeout_seconds)
+    blocking = connect_blocking(
+        settings.redis_url, settings.redis_timeout_seconds, settings.sse_keepalive_seconds
+    )
+    celery = make_celery(settings)
+
+    def enqueue(job_id: str, priority: Priority) -> None:
+        try:
+            celery.send_task(TASK_RUN_JOB, args=[job_id], queue=priority, retry=False)
+        except (BrokerError, redis.RedisError, OSError) as exc:
+            raise UnavailableError("the job queue is unavailable") from exc
+
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    jobs_service = JobService(
+        JobStore(client, settings.job_ttl_seconds),
+        EventLog(client, blocking),
+        settings.catalog,
+        enqueue,
+    )
+    return Services(settings, client, jobs_service, KeyStore(engine))
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    """Build the web app; ``settings`` defaults to the environment's."""
+    settings = settings or load_settings()
+    app = OpenAPI(
+        __name__,
+        info=Info(title="llmq", version="0.1.0"),
+        validation_error_status=400,
+        validation_error_callback=validation_error_response,
+        doc_ui=False,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["llmq"] = _services(settings)
+    register_error_handlers(app)
+    for surface in (health, chat, models, jobs, envelope, legacy, admin):
+        app.register_api(surface.bp)
+    app.cli.add_command(keys_cli)
+
+    @app.after_request
+    def _job_header(response: Response) -> Response:
+        job_id = g.get("job_id")
+        if job_id:
+            response.headers.setdefault("X-Job-Id", job_id)
+        return response
+
+    return app

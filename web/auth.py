@@ -1,0 +1,79 @@
+"""Who is calling: API keys from headers (or an envelope body), and the admin key."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import g, request
+
+from common.apikeys import KeyIdentity
+from common.errors import ForbiddenError, InvalidJSONError, UnauthorizedError
+from web.context import services
+
+
+def _header_key() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return request.headers.get("X-API-Key") or None
+
+
+def load_json_body() -> None:
+    """Parse a JSON body once, so validation and views share it.
+
+    Raises:
+        InvalidJSONError: the body is not JSON or not an object.
+        RequestEntityTooLarge: the body is over the configured limit.
+    """
+    if request.method not in ("POST", "PUT", "PATCH") or not request.get_data(cache=True):
+        return
+    if request.mimetype.startswith("multipart/"):
+        return
+    try:
+        body = request.get_json(force=True, silent=False)
+    except ValueError as exc:
+        raise InvalidJSONError("the body is not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise InvalidJSONError("the body must be a JSON object")
+
+
+def _identify(raw: str | None) -> KeyIdentity:
+    if not raw:
+        raise UnauthorizedError("missing API key")
+    identity = services().keys.authenticate(raw)
+    if identity is None:
+        raise UnauthorizedError("invalid API key")
+    return identity
+
+
+def require_key() -> None:
+    """Blueprint hook: the key comes from ``Authorization`` or ``X-API-Key``."""
+    g.caller = _identify(_header_key())
+    load_json_body()
+
+
+def require_key_or_body() -> None:
+    """Blueprint hook for envelope routes: the key may also be the body's ``api_key``."""
+    raw = _header_key()
+    load_json_body()
+    if raw is None and request.get_data(cache=True):
+        body = request.get_json(silent=True, force=True)
+        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
+            raw = body["api_key"]
+    g.caller = _identify(raw)
+
+
+def require_admin() -> None:
+    """Blueprint hook for ``/admin``: only ``LLMQ_ADMIN_KEY`` passes."""
+    raw = _header_key()
+    admin = services().settings.admin_key
+    if raw and admin and hmac.compare_digest(raw.encode(), admin.encode()):
+        load_json_body()
+        return
+    _identify(raw)  # 401 for a missing or unknown key
+    raise ForbiddenError("this route needs the admin key")
+
+
+def caller() -> KeyIdentity:
+    """The identity set by the blueprint's auth hook."""
+    return g.caller  # type: ignore[no-any-return]

@@ -1,0 +1,27 @@
+"""The per-process services a web app holds, reachable from any view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from common.apikeys import KeyStore
+from common.config import Settings
+from common.jobs import JobService
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything views call into, built once by ``create_app``."""
+
+    settings: Settings
+    redis: redis.Redis
+    jobs: JobService
+    keys: KeyStore
+
+
+def services() -> Services:
+    """The current app's services."""
+    return current_app.extensions["llmq"]  # type: ignore[no-any-return]

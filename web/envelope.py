@@ -1,0 +1,125 @@
+"""The envelope API of seed 001: ``/api/llm/chat`` and ``/api/llm/models``.
+
+Every answer is ``{"code", "message", "data"}``; streams carry
+``{"content", "finish_reason"}`` events, a last one with ``usage``, then ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response, jsonify
+from flask_openapi3 import APIBlueprint, Tag
+
+from common.catalog import ModelConfig
+from common.jobs import dumps
+from common.schemas import EnvelopeChatRequest
+from common.storage import JobRecord
+from web import auth
+from web.context import services
+from web.models import visible_models
+from web.relay import (
+    await_result,
+    cancel_on_disconnect,
+    follow_from_first_output,
+    submitted,
+    wants_detach,
+)
+from web.sse import DONE, KEEPALIVE, data_line, sse_response
+
+bp = APIBlueprint("envelope", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="envelope")])
+bp.before_request(auth.require_key_or_body)
+
+
+def envelope(data: Any) -> Response:
+    return jsonify({"code": 200, "message": "success", "data": data})
+
+
+def envelope_usage(usage: dict[str, Any] | None) -> dict[str, int]:
+    """OpenAI usage in the seed's names."""
+    usage = usage or {}
+    return {
+        "input_tokens": int(usage.get("prompt_tokens", 0)),
+        "output_tokens": int(usage.get("completion_tokens", 0)),
+        "total_tokens": int(usage.get("total_tokens", 0)),
+    }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.replace(tzinfo=None).isoformat(timespec="seconds") if value else None
+
+
+def catalog_entry(number: int, model: ModelConfig) -> dict[str, Any]:
+    """A model as seed 001 lists it; ``title`` is the id used in calls."""
+    tags = [*model.tags, "", ""]
+    released = model.released or (model.created_at.date() if model.created_at else None)
+    return {
+        "id": number,
+        "title": model.id,
+        "img": model.img,
+        "name": model.name or model.id,
+        "description": model.description,
+        "keyword": model.keyword,
+        "time": released.isoformat() if released else None,
+        "tag1": tags[0],
+        "tag2": tags[1],
+        "type": model.type,
+        "is_featured": model.featured,
+        "created_at": _iso(model.created_at),
+        "updated_at": _iso(model.updated_at),
+    }
+
+
+@bp.get("/models")
+def list_envelope_models() -> Response:
+    """The language models (type 0) this key may use, in seed 001's fields."""
+    return envelope([catalog_entry(i, m) for i, m in enumerate(visible_models(), 1)])
+
+
+@bp.post("/chat")
+def envelope_chat(body: EnvelopeChatRequest) -> Response:
+    """Chat in the envelope format, streamed or not."""
+    job = submitted(services().jobs.submit(auth.caller(), body))
+    headers = {"X-Job-Id": job.id}
+    if not body.stream:
+        done = await_result(job)
+        choice = (done.result or {}).get("choices", [{}])[0]
+        response = envelope(
+            {
+                "content": (choice.get("message") or {}).get("content") or "",
+                "finish_reason": choice.get("finish_reason"),
+                "usage": envelope_usage(done.usage),
+            }
+        )
+        response.headers.update(headers)
+        return response
+    relay = _relay(job, follow_from_first_output(job))
+    return sse_response(cancel_on_disconnect(relay, job, wants_detach()), headers)
+
+
+def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
+    for event in events:
+        if event is None:
+            yield KEEPALIVE
+        elif event.type == "delta":
+            for choice in json.loads(event.data).get("choices", []):
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    yield data_line(dumps({"content": content, "finish_reason": None}).encode())
+        elif event.type == "error":
+            error = json.loads(event.data)
+            status = 504 if error.get("code") == "timeout" else 502
+            yield data_line(dumps({"code": status, "message": error.get("message"),
+                                   "data": None}).encode())
+            return
+        elif event.type == "done":
+            final = json.loads(event.data)
+            choices = (final.get("result") or {}).get("choices") or [{}]
+            last = {"content": "", "finish_reason": choices[0].get("finish_reason") or "stop",
+                    "usage": envelope_usage(final.get("usage"))}
+            yield data_line(dumps(last).encode())
+            yield DONE
+            return

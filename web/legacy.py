@@ -1,0 +1,52 @@
+"""Seed 000's ``POST /ai_api/llm``: the reply as plain UTF-8 text, streamed if asked."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from flask import Response
+from flask_openapi3 import APIBlueprint, Tag
+
+from common.eventlog import Event
+from common.schemas import LegacyChatRequest
+from web import auth
+from web.context import services
+from web.relay import await_result, cancel_on_disconnect, follow_from_first_output, submitted
+
+bp = APIBlueprint("legacy", __name__, url_prefix="/ai_api", abp_tags=[Tag(name="legacy")])
+bp.before_request(auth.require_key_or_body)
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+@bp.post("/llm")
+def legacy_chat(body: LegacyChatRequest) -> Response:
+    """Chat answered as plain text; with ``stream`` the text flows as it is made."""
+    request = body.to_chat()
+    job = submitted(services().jobs.submit(auth.caller(), request))
+    headers = {"X-Job-Id": job.id}
+    if not body.stream:
+        done = await_result(job)
+        message = (done.result or {}).get("choices", [{}])[0].get("message") or {}
+        return Response(message.get("content") or "", content_type=_TEXT, headers=headers)
+    text = _text(follow_from_first_output(job))
+    return Response(
+        cancel_on_disconnect(text, job, detach=False),
+        content_type=_TEXT,
+        headers=headers,
+        direct_passthrough=True,
+    )
+
+
+def _text(events: Iterator[Event | None]) -> Iterator[bytes]:
+    for event in events:
+        if event is None:
+            continue
+        if event.type == "delta":
+            for choice in json.loads(event.data).get("choices", []):
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    yield content.encode()
+        elif event.type in ("error", "done"):
+            return

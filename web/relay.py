@@ -1,0 +1,96 @@
+"""Turning a job into an HTTP answer: wait for its result, or follow its events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from flask import g, request
+
+from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
+from common.eventlog import Event
+from common.storage import JobRecord
+from web import auth
+from web.context import services
+
+#: Longest a non-streaming request holds for its job before answering 504.
+RESULT_WAIT_SECONDS = 900.0
+#: Events that end the wait for a stream's first output.
+_FIRST_OUTPUT = frozenset({"delta", "error", "done"})
+
+
+def submitted(job: JobRecord) -> JobRecord:
+    """Note the job id so every answer, errors included, carries ``X-Job-Id``."""
+    g.job_id = job.id
+    return job
+
+
+def raise_for_job(job: JobRecord) -> None:
+    """Raise the job's error if it did not succeed."""
+    if job.status == "failed":
+        raise GatewayError.from_dict(job.error or {})
+    if job.status == "cancelled":
+        raise JobCancelledError(f"job {job.id} was cancelled")
+
+
+def await_result(job: JobRecord) -> JobRecord:
+    """Block until the job is terminal; raise its error unless it succeeded."""
+    job = services().jobs.wait(job, RESULT_WAIT_SECONDS)
+    if not job.terminal:
+        raise ProviderTimeoutError(
+            f"job {job.id} is still {job.status}; follow /v1/jobs/{job.id}/events"
+        )
+    raise_for_job(job)
+    return job
+
+
+def follow_from_first_output(job: JobRecord) -> Iterator[Event | None]:
+    """The job's events, read up to its first output before returning.
+
+    Reading ahead lets a job that fails before producing anything be answered
+    with its proper HTTP status instead of a 200 stream that carries an error.
+    """
+    svc = services()
+    events = svc.jobs.follow(job, 0, svc.settings.sse_keepalive_seconds)
+    head: list[Event | None] = []
+    for event in events:
+        head.append(event)
+        if event is None or event.type in _FIRST_OUTPUT:
+            break
+    last = head[-1] if head else None
+    if last is not None and last.type == "error":
+        raise GatewayError.from_dict(json.loads(last.data))
+
+    def chained() -> Iterator[Event | None]:
+        yield from head
+        yield from events
+
+    return chained()
+
+
+def cancel_on_disconnect(
+    stream: Iterator[bytes], job: JobRecord, detach: bool
+) -> Iterator[bytes]:
+    """Relay ``stream``; if the client leaves before it ends, cancel the job.
+
+    The WSGI server closes the generator when a write to a gone client fails,
+    which raises GeneratorExit at the pending ``yield``. ``X-LLMQ-Detach: 1``
+    keeps the job running so it can be followed at ``/v1/jobs/{id}/events``.
+    """
+    # Captured now: the generator body runs after the request context is gone.
+    jobs, owner = services().jobs, auth.caller()
+
+    def relay() -> Iterator[bytes]:
+        finished = False
+        try:
+            yield from stream
+            finished = True
+        finally:
+            if not finished and not detach:
+                jobs.cancel(owner, job.id)
+
+    return relay()
+
+
+def wants_detach() -> bool:
+    return request.headers.get("X-LLMQ-Detach") == "1"

@@ -1,0 +1,1 @@
+"""Celery workers: the app factory and the tasks that run jobs."""
