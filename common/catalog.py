@@ -125,13 +125,20 @@ class Catalog:
         self.models = models
 
     def enabled_models(self, provider: str | None = None) -> list[ModelConfig]:
-        """Models whose provider is enabled, optionally of one provider only."""
-        return [
-            m
-            for m in self.models
-            if self.providers[m.provider].enabled
-            and (provider is None or m.provider == provider)
-        ]
+        """Models whose provider is enabled, optionally of one provider only.
+
+        An id served by several providers is listed once: the first entry,
+        which is the one an unpinned request is routed to.
+        """
+        seen: set[str] = set()
+        found = []
+        for m in self.models:
+            if not self.providers[m.provider].enabled or m.id in seen:
+                continue
+            if provider is None or m.provider == provider:
+                seen.add(m.id)
+                found.append(m)
+        return found
 
     def find_model(self, model_id: str, provider: str | None = None) -> ModelConfig | None:
         """The enabled model a client means by ``model_id`` (and pinned provider)."""

