@@ -1,4 +1,4 @@
-"""Unit tests for request validation (common/schemas.py) and the error tree (common/errors.py)."""
+"""Unit tests for request validation (common/schemas.py) and common/errors.py."""
 
 from __future__ import annotations
 
@@ -56,10 +56,12 @@ def gateway_error(model: type, data: Any) -> InvalidRequestError:
     return to_gateway_error(info.value)
 
 
-# --- invalid bodies -------------------------------------------------------------
+# --- invalid bodies ---
 
 
-@pytest.mark.parametrize("data", [[USER], "a string", None, 42], ids=["list", "str", "none", "int"])
+@pytest.mark.parametrize(
+    "data", [[USER], "a string", None, 42], ids=["list", "str", "none", "int"]
+)
 @pytest.mark.parametrize("model", [ChatRequest, JobCreateRequest, EnvelopeChatRequest])
 def test_body_that_is_not_an_object_is_invalid_json(model: type, data: Any) -> None:
     error = gateway_error(model, data)
@@ -90,7 +92,10 @@ def test_missing_or_empty_model_is_invalid_model(data: dict[str, Any]) -> None:
         (body(messages=[{"role": "user"}]), "messages.0"),
         (body(messages=[{"role": "user", "content": None}]), "messages.0"),
         (body(messages=[USER, "not an object"]), "messages.1"),
-        (body(messages=[{"role": "user", "content": [{"type": "audio", "x": 1}]}]), None),
+        (
+            body(messages=[{"role": "user", "content": [{"type": "audio", "x": 1}]}]),
+            None,
+        ),
         (body(messages=[{"role": "user", "content": [{"text": "no type"}]}]), None),
         (body(messages=[{"role": "user", "content": [{"type": "text"}]}]), None),
         (body(messages=[{"role": "tool", "content": "42"}]), "messages.0"),
@@ -113,7 +118,9 @@ def test_missing_or_empty_model_is_invalid_model(data: dict[str, Any]) -> None:
         "assistant-without-content-or-tool-calls",
     ],
 )
-def test_bad_messages_are_invalid_messages(data: dict[str, Any], param: str | None) -> None:
+def test_bad_messages_are_invalid_messages(
+    data: dict[str, Any], param: str | None
+) -> None:
     error = gateway_error(ChatRequest, data)
     assert isinstance(error, InvalidMessagesError)
     assert (error.code, error.status) == ("invalid_messages", 400)
@@ -148,7 +155,9 @@ def test_bad_messages_are_invalid_messages(data: dict[str, Any], param: str | No
         ("stream_options", {"include_usage": "yes"}),
     ],
 )
-def test_out_of_range_or_mistyped_params_are_invalid_params(field: str, value: Any) -> None:
+def test_out_of_range_or_mistyped_params_are_invalid_params(
+    field: str, value: Any
+) -> None:
     error = gateway_error(ChatRequest, body(**{field: value}))
     assert type(error) is InvalidRequestError
     assert (error.code, error.status) == ("invalid_params", 400)
@@ -182,7 +191,10 @@ def test_invalid_scalar_param_names_the_field(field: str, value: Any) -> None:
     ("data", "param"),
     [
         (body(stop=["a", "b", "c", "d", "e"]), "stop"),
-        (body(messages=[{"role": "user", "content": [{"type": "audio"}]}]), "messages.0.content"),
+        (
+            body(messages=[{"role": "user", "content": [{"type": "audio"}]}]),
+            "messages.0.content",
+        ),
     ],
     ids=["stop-list-too-long", "bad-content-part"],
 )
@@ -195,7 +207,7 @@ def test_param_of_a_union_field_names_the_field_not_a_union_branch(
     assert error.param == param
 
 
-# --- valid bodies ---------------------------------------------------------------
+# --- valid bodies ---
 
 
 @pytest.mark.parametrize(
@@ -234,16 +246,23 @@ def test_minimal_request_has_openai_defaults() -> None:
     assert request.model == "demo-chat"
     assert request.stream is False
     assert request.include_usage is False
-    assert request.upstream_body() == {"messages": [{"role": "user", "content": "hello"}]}
+    assert request.upstream_body() == {
+        "messages": [{"role": "user", "content": "hello"}]
+    }
 
 
 def test_content_as_text_and_image_parts_is_accepted() -> None:
     content = [
         {"type": "text", "text": "What is in this picture?"},
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+        {
+            "type": "image_url",
+            "image_url": {"url": "https://example.com/cat.png", "detail": "low"},
+        },
         {"type": "image_url", "image_url": "data:image/png;base64,AAAA"},
     ]
-    request = ChatRequest.model_validate(body(messages=[{"role": "user", "content": content}]))
+    request = ChatRequest.model_validate(
+        body(messages=[{"role": "user", "content": content}])
+    )
     assert request.upstream_body()["messages"] == [{"role": "user", "content": content}]
 
 
@@ -270,12 +289,19 @@ def test_assistant_tool_calls_with_null_content_and_tool_reply_are_accepted() ->
 
 @pytest.mark.parametrize("role", ["system", "developer", "user", "assistant"])
 def test_every_plain_role_with_text_content_is_accepted(role: str) -> None:
-    request = ChatRequest.model_validate(body(messages=[{"role": role, "content": "x"}]))
+    request = ChatRequest.model_validate(
+        body(messages=[{"role": role, "content": "x"}])
+    )
     assert request.messages[0].role == role
 
 
 def test_extra_message_keys_pass_through_upstream() -> None:
-    message = {"role": "assistant", "content": "x", "name": "bot", "reasoning_content": "hmm"}
+    message = {
+        "role": "assistant",
+        "content": "x",
+        "name": "bot",
+        "reasoning_content": "hmm",
+    }
     request = ChatRequest.model_validate(body(messages=[USER, message]))
     assert request.upstream_body()["messages"][1] == message
 
@@ -299,7 +325,9 @@ def test_unknown_extra_fields_pass_through_into_upstream_body() -> None:
         (EnvelopeChatRequest, {"api_key": "sk-llmq-secret"}),
     ],
 )
-def test_gateway_fields_never_reach_upstream_body(model: type, extra: dict[str, Any]) -> None:
+def test_gateway_fields_never_reach_upstream_body(
+    model: type, extra: dict[str, Any]
+) -> None:
     data = body(stream=True, enable_search=True, **extra)
     if model is ChatRequest:
         data.update(priority="bulk", metadata={"a": 1}, api_key="sk-llmq-secret")
@@ -329,7 +357,7 @@ def test_include_usage_reflects_stream_options(
     assert ChatRequest.model_validate(data).include_usage is expected
 
 
-# --- job, envelope and legacy requests -----------------------------------------
+# --- job, envelope and legacy requests ---
 
 
 @pytest.mark.parametrize("priority", ["interactive", "bulk"])
@@ -346,7 +374,11 @@ def test_job_priority_defaults_to_interactive() -> None:
 @pytest.mark.parametrize("priority", ["high", "Bulk", "", 1, None])
 def test_job_priority_rejects_other_values(priority: Any) -> None:
     error = gateway_error(JobCreateRequest, body(priority=priority))
-    assert (error.code, error.status, error.param) == ("invalid_params", 400, "priority")
+    assert (error.code, error.status, error.param) == (
+        "invalid_params",
+        400,
+        "priority",
+    )
 
 
 def test_job_metadata_must_be_an_object() -> None:
@@ -411,7 +443,7 @@ def test_legacy_request_maps_errors_like_chat(data: Any, code: str) -> None:
     assert gateway_error(LegacyChatRequest, data).code == code
 
 
-# --- common.errors ---------------------------------------------------------------
+# --- common.errors ---
 
 
 @pytest.mark.parametrize(
@@ -432,7 +464,9 @@ def test_legacy_request_maps_errors_like_chat(data: Any, code: str) -> None:
         ("unavailable", 503, UnavailableError),
     ],
 )
-def test_from_dict_round_trips_code_and_status(code: str, status: int, klass: type) -> None:
+def test_from_dict_round_trips_code_and_status(
+    code: str, status: int, klass: type
+) -> None:
     original = klass("something failed", param="model")
     rebuilt = GatewayError.from_dict(original.to_dict())
     assert type(rebuilt) is klass
@@ -506,7 +540,11 @@ def test_retryable_is_a_class_attribute(klass: type, retryable: bool) -> None:
 
 
 def test_provider_subclasses_keep_upstream_error_code() -> None:
-    for klass in (ProviderRejectedError, ProviderBadResponseError, ProviderUnavailableError):
+    for klass in (
+        ProviderRejectedError,
+        ProviderBadResponseError,
+        ProviderUnavailableError,
+    ):
         assert (klass.code, klass.status) == ("upstream_error", 502)
 
 

@@ -27,9 +27,7 @@ def byte_by_byte(stream: bytes) -> list[bytes]:
     "newline", [b"\n", b"\r\n", b"\r"], ids=["lf", "crlf", "lone-cr"]
 )
 def test_every_line_ending_style_separates_lines_and_events(newline: bytes) -> None:
-    stream = (
-        b"data: one" + newline + newline + b"data: two" + newline + newline
-    )
+    stream = b"data: one" + newline + newline + b"data: two" + newline + newline
     assert list(iter_sse([stream])) == [SSEEvent("one"), SSEEvent("two")]
 
 
@@ -39,7 +37,9 @@ def test_every_line_ending_style_separates_lines_and_events(newline: bytes) -> N
 def test_multi_line_data_is_joined_with_newline_for_every_line_ending(
     newline: bytes,
 ) -> None:
-    stream = b"data: a" + newline + b"data: b" + newline + b"data: c" + newline + newline
+    stream = (
+        b"data: a" + newline + b"data: b" + newline + b"data: c" + newline + newline
+    )
     assert list(iter_sse([stream])) == [SSEEvent("a\nb\nc")]
 
 
@@ -70,14 +70,25 @@ def test_crlf_split_across_two_feeds_is_one_line_end() -> None:
 def test_crlf_split_between_event_lines_does_not_add_a_blank_line() -> None:
     chunks = [b"event: first\r", b"\ndata: x\r", b"\n\r", b"\nevent: second\r", b"\n"]
     chunks += [b"data: y\r\n\r\n"]
-    assert feed_all(chunks) == [SSEEvent("x", event="first"), SSEEvent("y", event="second")]
+    assert feed_all(chunks) == [
+        SSEEvent("x", event="first"),
+        SSEEvent("y", event="second"),
+    ]
 
 
 @pytest.mark.parametrize(
     "comment", [b": keepalive", b":", b":ping 12345"], ids=["keepalive", "bare", "ping"]
 )
 def test_comment_lines_are_ignored(comment: bytes) -> None:
-    stream = comment + b"\n\n" + b"data: a\n" + comment + b"\ndata: b\n\n" + comment + b"\n\n"
+    stream = (
+        comment
+        + b"\n\n"
+        + b"data: a\n"
+        + comment
+        + b"\ndata: b\n\n"
+        + comment
+        + b"\n\n"
+    )
     assert list(iter_sse([stream])) == [SSEEvent("a\nb")]
 
 
@@ -91,12 +102,14 @@ def test_only_comments_produce_no_events() -> None:
         (b"data: hello", "hello"),
         (b"data:hello", "hello"),
         (b"data:  two spaces", " two spaces"),
-        (b"data: {\"a\": 1}", '{"a": 1}'),
+        (b'data: {"a": 1}', '{"a": 1}'),
         (b"data: a:b:c", "a:b:c"),
     ],
     ids=["space", "no-space", "only-first-space-dropped", "json", "colons-in-value"],
 )
-def test_data_value_drops_at_most_one_space_after_the_colon(line: bytes, data: str) -> None:
+def test_data_value_drops_at_most_one_space_after_the_colon(
+    line: bytes, data: str
+) -> None:
     assert list(iter_sse([line + b"\n\n"])) == [SSEEvent(data)]
 
 
@@ -123,7 +136,9 @@ def test_done_sentinel_is_delivered_as_ordinary_data() -> None:
     assert list(iter_sse([stream])) == [SSEEvent('{"x": 1}'), SSEEvent("[DONE]")]
 
 
-@pytest.mark.parametrize("split_at", [1, 2], ids=["after-first-byte", "after-second-byte"])
+@pytest.mark.parametrize(
+    "split_at", [1, 2], ids=["after-first-byte", "after-second-byte"]
+)
 def test_utf8_character_split_across_chunks_decodes_correctly(split_at: int) -> None:
     stream = "data: 你好,世界\n\n".encode()
     cut = stream.index("你".encode()) + split_at
@@ -164,7 +179,11 @@ def test_close_flushes_an_event_without_any_trailing_newline() -> None:
 
 @pytest.mark.parametrize(
     "stream",
-    [b"data: a\n\ndata: tail", b"data: a\n\ndata: tail\n", b"data: a\r\n\r\ndata: tail\r"],
+    [
+        b"data: a\n\ndata: tail",
+        b"data: a\n\ndata: tail\n",
+        b"data: a\r\n\r\ndata: tail\r",
+    ],
     ids=["no-newline", "one-newline", "trailing-cr"],
 )
 def test_iter_sse_flushes_the_last_unterminated_event(stream: bytes) -> None:
@@ -197,7 +216,11 @@ def _openai_stream(newline: bytes) -> bytes:
         "system_fingerprint": "fp_1234",
     }
     pieces = [
-        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None},
+        {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "finish_reason": None,
+        },
         {"index": 0, "delta": {"content": "Hello"}, "finish_reason": None},
         {"index": 0, "delta": {"content": ", 世界"}, "finish_reason": None},
         {"index": 0, "delta": {"content": "!\nBye."}, "finish_reason": None},
@@ -223,9 +246,9 @@ def test_byte_by_byte_openai_stream_matches_whole_feed(newline: bytes) -> None:
     assert len(whole) == 7
     assert whole[-1] == SSEEvent("[DONE]")
     chunks = [json.loads(e.data) for e in whole[:-1]]
-    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]) == (
-        "Hello, 世界!\nBye."
-    )
+    assert "".join(
+        c["choices"][0]["delta"].get("content", "") for c in chunks[:-1]
+    ) == ("Hello, 世界!\nBye.")
     assert chunks[-1]["choices"] == []
     assert chunks[-1]["usage"]["total_tokens"] == 14
 
