@@ -166,6 +166,14 @@ def test_find_model_with_pinned_provider(tmp_path: Path) -> None:
     assert catalog.find_model("missing") is None
 
 
+def test_model_served_by_several_providers_is_listed_once(tmp_path: Path) -> None:
+    catalog = load_catalog(write(tmp_path, MINIMAL), {"UP_API_KEY": SECRET})
+    listed = [(m.id, m.provider) for m in catalog.enabled_models()]
+    assert listed == [("chat", "sim"), ("local", "open")]
+    pinned = [(m.id, m.provider) for m in catalog.enabled_models("up")]
+    assert pinned == [("chat", "up")]
+
+
 def test_find_model_pinned_to_a_disabled_provider_is_none(tmp_path: Path) -> None:
     catalog = load_catalog(write(tmp_path, MINIMAL), {})
     assert catalog.find_model("chat", "up") is None
