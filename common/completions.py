@@ -123,7 +123,7 @@ class CompletionAccumulator:
             message[name] = "".join(parts)
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-            if not self.content:
+            if not self.text:
                 message["content"] = None
         return {
             "id": completion_id(self.job_id),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import (
     InvalidJSONError,
@@ -112,9 +112,12 @@ class LegacyChatRequest(BaseModel):
     stream: bool = False
     api_key: str | None = None
 
-    def model_post_init(self, __context: Any) -> None:
-        if self.message[-1].role != "user":
+    @field_validator("message")
+    @classmethod
+    def _ends_with_user(cls, value: list[Message]) -> list[Message]:
+        if value[-1].role != "user":
             raise ValueError("the last message must have role user")
+        return value
 
     def to_chat(self) -> ChatRequest:
         """The same request in OpenAI's names."""
@@ -164,10 +167,29 @@ class KeyCreateRequest(BaseModel):
     expires_at: dt.datetime | None = None
 
 
+def _field_path(loc: tuple[Any, ...]) -> list[str]:
+    """The location without pydantic's union-branch labels (``str``, ``list[...]``)."""
+    return [
+        str(part) for part in loc
+        if not (isinstance(part, str) and ("[" in part or part in _BRANCH_LABELS))
+    ]
+
+
+_BRANCH_LABELS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 def to_gateway_error(exc: ValidationError) -> InvalidRequestError:
-    """Translate pydantic's first complaint into the error code API.md assigns it."""
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid body"}
-    loc = [str(part) for part in first["loc"]]
+    """Translate pydantic's complaint into the error code API.md assigns it.
+
+    Of the errors about the first bad field, the deepest is reported: for a
+    union such as ``content``, that is the branch that came closest to matching.
+    """
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequestError("invalid body")
+    field = errors[0]["loc"][:1]
+    first = max((e for e in errors if e["loc"][:1] == field), key=lambda e: len(e["loc"]))
+    loc = _field_path(first["loc"])
     param = ".".join(loc) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     if not loc and first.get("type") in {"model_type", "dict_type"}:

@@ -192,8 +192,9 @@ def test_invalid_scalar_param_names_the_field(field: str, value: Any) -> None:
     [
         (body(stop=["a", "b", "c", "d", "e"]), "stop"),
         (
+            # The deepest complaint wins: the bad part itself, not the str branch.
             body(messages=[{"role": "user", "content": [{"type": "audio"}]}]),
-            "messages.0.content",
+            "messages.0.content.0",
         ),
     ],
     ids=["stop-list-too-long", "bad-content-part"],

@@ -126,9 +126,12 @@ class OpenAICompatProvider:
         finished = False
         try:
             for event in iter_sse(resp.iter_content(chunk_size=None)):
-                if event.data.strip() == "[DONE]":
+                data = event.data.strip()
+                if data == "[DONE]":
                     finished = True
                     break
+                if not data:
+                    continue
                 chunk = self._parse_chunk(event.data)
                 if any(c.get("finish_reason") for c in chunk.get("choices") or []):
                     finished = True
