@@ -2,12 +2,13 @@
 VENV ?= .venv
 PYTHON ?= python3
 
-.PHONY: install run test clean
+# `make lint`: ruff and mypy strict, as STYLE.md asks.
+.PHONY: install run test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,test]'
+	$(VENV)/bin/pip install -q -e '.[dev,test,lint]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -17,6 +18,11 @@ run: install
 
 test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff format --check common web workers tests
+	$(VENV)/bin/ruff check common web workers tests
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

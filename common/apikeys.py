@@ -44,6 +44,7 @@ class ApiKey(Base):
 
     def to_dict(self) -> dict[str, Any]:
         """The key as admins see it (never the key itself)."""
+
         def stamp(value: dt.datetime | None) -> int | None:
             return int(value.replace(tzinfo=dt.UTC).timestamp()) if value else None
 
@@ -56,7 +57,9 @@ class ApiKey(Base):
             "revoked_at": stamp(self.revoked_at),
             "expires_at": stamp(self.expires_at),
             "balance": float(self.balance) if self.balance is not None else None,
-            "daily_free": float(self.daily_free) if self.daily_free is not None else None,
+            "daily_free": float(self.daily_free)
+            if self.daily_free is not None
+            else None,
             "rpm": self.rpm,
             "tpm": self.tpm,
             "concurrency": self.concurrency,
@@ -131,11 +134,15 @@ class KeyStore:
         """The identity of a live key, or None if unknown, revoked or expired."""
         wanted = digest(raw_key)
         with Session(self.engine) as session:
-            row = session.scalars(select(ApiKey).where(ApiKey.key_hash == wanted)).first()
+            row = session.scalars(
+                select(ApiKey).where(ApiKey.key_hash == wanted)
+            ).first()
             if row is None or not hmac.compare_digest(row.key_hash, wanted):
                 return None
             if row.revoked_at is not None:
                 return None
             if row.expires_at is not None and row.expires_at <= _utcnow():
                 return None
-            return KeyIdentity(row.id, row.name, tuple(row.models) if row.models else None)
+            return KeyIdentity(
+                row.id, row.name, tuple(row.models) if row.models else None
+            )

@@ -87,7 +87,7 @@ class CancelRegistry:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 pubsub.subscribe(keys.CANCEL_CHANNEL)
                 while True:
                     message = pubsub.get_message(timeout=1.0)

@@ -140,7 +140,9 @@ class Catalog:
                 found.append(m)
         return found
 
-    def find_model(self, model_id: str, provider: str | None = None) -> ModelConfig | None:
+    def find_model(
+        self, model_id: str, provider: str | None = None
+    ) -> ModelConfig | None:
         """The enabled model a client means by ``model_id`` (and pinned provider)."""
         for model in self.enabled_models(provider):
             if model.id == model_id:

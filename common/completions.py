@@ -21,7 +21,9 @@ def usage_object(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def usage_chunk(job_id: str, model: str, created: int, usage: dict[str, Any]) -> dict[str, Any]:
+def usage_chunk(
+    job_id: str, model: str, created: int, usage: dict[str, Any]
+) -> dict[str, Any]:
     """The final streamed chunk that carries usage and no choices."""
     return {
         "id": completion_id(job_id),
@@ -116,13 +118,17 @@ class CompletionAccumulator:
         )
         return usage_object(prompt_estimate, completion_tokens)
 
-    def completion(self, usage: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def completion(
+        self, usage: dict[str, Any], finish_reason: str | None = None
+    ) -> dict[str, Any]:
         """The ``chat.completion`` object for what has been received."""
         message: dict[str, Any] = {"role": "assistant", "content": self.text}
         for name, parts in self.extras.items():
             message[name] = "".join(parts)
         if self.tool_calls:
-            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+            message["tool_calls"] = [
+                self.tool_calls[i] for i in sorted(self.tool_calls)
+            ]
             if not self.text:
                 message["content"] = None
         return {

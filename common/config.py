@@ -49,17 +49,24 @@ class Settings:
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
 
 
-def _number(environ: Mapping[str, str], name: str, default: float, kind: type) -> float:
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = kind(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a {kind.__name__}, not {raw!r}") from exc
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
     if value <= 0:
         raise ConfigError(f"{name} must be positive")
     return value
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = _positive(environ, name, default)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number")
+    return int(value)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,28 +83,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
         database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
         admin_key=env.get("LLMQ_ADMIN_KEY") or None,
-        port=int(_number(env, "PORT", DEFAULT_PORT, int)),
-        worker_concurrency=int(
-            _number(env, "LLMQ_WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, int)
+        port=_positive_int(env, "PORT", DEFAULT_PORT),
+        worker_concurrency=_positive_int(
+            env, "LLMQ_WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY
         ),
-        job_ttl_seconds=int(
-            _number(env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS, int)
+        job_ttl_seconds=_positive_int(
+            env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS
         ),
-        max_body_bytes=int(
-            _number(env, "LLMQ_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, int)
+        max_body_bytes=_positive_int(
+            env, "LLMQ_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES
         ),
-        sse_keepalive_seconds=_number(
-            env, "LLMQ_SSE_KEEPALIVE_SECONDS", DEFAULT_SSE_KEEPALIVE_SECONDS, float
+        sse_keepalive_seconds=_positive(
+            env, "LLMQ_SSE_KEEPALIVE_SECONDS", DEFAULT_SSE_KEEPALIVE_SECONDS
         ),
-        redis_timeout_seconds=_number(
-            env, "LLMQ_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS, float
+        redis_timeout_seconds=_positive(
+            env, "LLMQ_REDIS_TIMEOUT_SECONDS", DEFAULT_REDIS_TIMEOUT_SECONDS
         ),
-        visibility_timeout_seconds=int(
-            _number(
-                env,
-                "LLMQ_VISIBILITY_TIMEOUT_SECONDS",
-                DEFAULT_VISIBILITY_TIMEOUT_SECONDS,
-                int,
-            )
+        visibility_timeout_seconds=_positive_int(
+            env, "LLMQ_VISIBILITY_TIMEOUT_SECONDS", DEFAULT_VISIBILITY_TIMEOUT_SECONDS
         ),
     )

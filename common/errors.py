@@ -145,7 +145,11 @@ class ProviderRateLimitedError(ProviderError):
     retryable = True
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, param: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message, param=param)
         self.retry_after = retry_after

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -22,7 +23,10 @@ class Event:
     data: bytes
 
 
-def _events(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> list[Event]:
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _events(entries: _Entries) -> list[Event]:
     return [
         Event(int(entry_id.split(b"-", 1)[1]), fields[b"e"].decode(), fields[b"d"])
         for entry_id, fields in entries
@@ -40,15 +44,16 @@ class EventLog:
         """Events with id > ``after``; waits up to ``block_seconds`` if none yet."""
         key = keys.events_key(job_id)
         if block_seconds <= 0:
-            return _events(
-                self.redis.xrange(key, f"(0-{after}", "+", count=READ_BATCH_EVENTS)
+            entries = self.redis.xrange(
+                key, f"(0-{after}", "+", count=READ_BATCH_EVENTS
             )
+            return _events(cast(_Entries, entries))
         reply = self.blocking.xread(
             {key: f"0-{after}"},
             count=READ_BATCH_EVENTS,
             block=max(1, int(block_seconds * 1000)),
         )
-        return _events(reply[0][1]) if reply else []
+        return _events(cast(list[list[_Entries]], reply)[0][1]) if reply else []
 
     def follow(
         self, job_id: str, after: int, idle_seconds: float

@@ -93,9 +93,7 @@ def finish_job(
     The ``done`` event carries the final job object, so a follower needs no
     second read. Applied only if the job is still in one of ``expected``.
     """
-    final = dataclasses.replace(
-        job, status=status, finished_at=now(), **(fields or {})
-    )
+    final = dataclasses.replace(job, status=status, finished_at=now(), **(fields or {}))
     changes = {"status": status, "finished_at": final.finished_at, **(fields or {})}
     done = store.transition(
         job,
@@ -141,8 +139,9 @@ class JobService:
         """
         model = resolve_model(self.catalog, caller, request.model, provider)
         body = request.upstream_body()
+        job_id = new_job_id()
         fields = {
-            "id": new_job_id(),
+            "id": job_id,
             "owner": caller.id,
             "status": "queued",
             "model": model.id,
@@ -158,24 +157,32 @@ class JobService:
             digest = hashlib.sha256(
                 dumps([model.id, model.provider, priority, metadata, body]).encode()
             ).hexdigest()
-            claim = (idempotency_key(caller.id, idempotency), f"{digest} {fields['id']}")
+            claim = (
+                idempotency_key(caller.id, idempotency),
+                f"{digest} {job_id}",
+            )
         prior = self.store.create(fields, claim)
         if prior is not None:
             return self._replay(caller, prior, claim)
-        job = self.store.get(fields["id"])
+        job = self.store.get(job_id)
         assert job is not None
         try:
             self.enqueue(job.id, priority)
         except UnavailableError as exc:
             finish_job(
-                self.store, job, "failed", expected=("queued",),
+                self.store,
+                job,
+                "failed",
+                expected=("queued",),
                 fields={"error": exc.to_dict()},
                 events=[("error", dumps(exc.to_dict()))],
             )
             raise
         return job
 
-    def _replay(self, caller: KeyIdentity, prior: str, claim: tuple[str, str] | None) -> JobRecord:
+    def _replay(
+        self, caller: KeyIdentity, prior: str, claim: tuple[str, str] | None
+    ) -> JobRecord:
         digest, _, job_id = prior.partition(" ")
         assert claim is not None
         if claim[1].partition(" ")[0] != digest:
@@ -211,7 +218,9 @@ class JobService:
                 latest = self.store.get(job.id) or latest
         return latest
 
-    def follow(self, job: JobRecord, after: int, idle_seconds: float) -> Iterator[Event | None]:
+    def follow(
+        self, job: JobRecord, after: int, idle_seconds: float
+    ) -> Iterator[Event | None]:
         """The job's events after ``after``, live, ending with ``done``."""
         return self.events.follow(job.id, after, idle_seconds)
 
@@ -228,7 +237,10 @@ class JobService:
 
     def _cancel_queued(self, job: JobRecord) -> JobRecord | None:
         final, done = finish_job(
-            self.store, job, "cancelled", expected=("queued",),
+            self.store,
+            job,
+            "cancelled",
+            expected=("queued",),
             events=[("status", dumps({"status": "cancelled"}))],
         )
         return final if done.applied else None

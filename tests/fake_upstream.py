@@ -42,12 +42,19 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
 
 
 def _tool_chunks() -> list[dict[str, Any]]:
-    call = {"index": 0, "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": ""}}
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
     parts = ['{"city"', ': "Paris"', "}"]
     return (
         [_chunk({"role": "assistant", "tool_calls": [call]})]
-        + [_chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}) for p in parts]
+        + [
+            _chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
+            for p in parts
+        ]
         + [_chunk({}, "tool_calls")]
     )
 
@@ -69,20 +76,36 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, source.get(tag, {}))
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        body = json.loads(
+            self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}"
+        )
         fake = body.get("fake") or {}
         tag = fake.get("tag")
         if tag:
             with _lock:
-                _bodies[tag] = {**body, "_authorization": self.headers.get("Authorization")}
-                _stats[tag] = {"tokens_sent": 0, "disconnected_at": None, "finished": False}
+                _bodies[tag] = {
+                    **body,
+                    "_authorization": self.headers.get("Authorization"),
+                }
+                _stats[tag] = {
+                    "tokens_sent": 0,
+                    "disconnected_at": None,
+                    "finished": False,
+                }
         if fake.get("hang"):
             time.sleep(float(fake["hang"]))
         if fake.get("status"):
             headers = {"Retry-After": "1"} if fake["status"] == 429 else {}
-            return self._json(int(fake["status"]),
-                              {"error": {"message": f"fake failure {fake['status']}",
-                                         "type": "server_error"}}, headers)
+            return self._json(
+                int(fake["status"]),
+                {
+                    "error": {
+                        "message": f"fake failure {fake['status']}",
+                        "type": "server_error",
+                    }
+                },
+                headers,
+            )
         if not self.path.endswith("/chat/completions"):
             return self._json(404, {"error": {"message": "no route"}})
         tokens = [f"tok{i} " for i in range(int(fake.get("tokens", 5)))]
@@ -92,16 +115,31 @@ class Handler(BaseHTTPRequestHandler):
 
     def _completion(self, body: dict[str, Any], text: str) -> dict[str, Any]:
         return {
-            "id": "chatcmpl-upstream", "object": "chat.completion", "created": 0,
+            "id": "chatcmpl-upstream",
+            "object": "chat.completion",
+            "created": 0,
             "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split()),
-                      "total_tokens": 7 + len(text.split())},
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 7,
+                "completion_tokens": len(text.split()),
+                "total_tokens": 7 + len(text.split()),
+            },
         }
 
-    def _stream(self, body: dict[str, Any], fake: dict[str, Any], tokens: list[str],
-                tag: str | None) -> None:
+    def _stream(
+        self,
+        body: dict[str, Any],
+        fake: dict[str, Any],
+        tokens: list[str],
+        tag: str | None,
+    ) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
@@ -112,8 +150,12 @@ class Handler(BaseHTTPRequestHandler):
         if fake.get("tool_call"):
             chunks = _tool_chunks()
         else:
-            chunks = [_chunk({"role": "assistant", "content": t} if i == 0 else {"content": t})
-                      for i, t in enumerate(tokens)] + [_chunk({}, "stop")]
+            chunks = [
+                _chunk(
+                    {"role": "assistant", "content": t} if i == 0 else {"content": t}
+                )
+                for i, t in enumerate(tokens)
+            ] + [_chunk({}, "stop")]
         try:
             for i, chunk in enumerate(chunks):
                 if fake.get("cut_after") is not None and i >= int(fake["cut_after"]):
@@ -121,8 +163,12 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     self.close_connection = True
                     return
-                if fake.get("error_after") is not None and i >= int(fake["error_after"]):
-                    self._write(f"data: {json.dumps({'error': {'message': 'boom'}})}{eol}{eol}")
+                if fake.get("error_after") is not None and i >= int(
+                    fake["error_after"]
+                ):
+                    self._write(
+                        f"data: {json.dumps({'error': {'message': 'boom'}})}{eol}{eol}"
+                    )
                     break
                 if i and fake.get("delay"):
                     time.sleep(float(fake["delay"]))
@@ -131,7 +177,9 @@ class Handler(BaseHTTPRequestHandler):
                 text = json.dumps(chunk)
                 if fake.get("split_data"):
                     half = text.index(",") + 1
-                    self._write(f"data: {text[:half]}{eol}data: {text[half:]}{eol}{eol}")
+                    self._write(
+                        f"data: {text[:half]}{eol}data: {text[half:]}{eol}{eol}"
+                    )
                 else:
                     self._write(f"data: {text}{eol}{eol}")
                 if tag:
@@ -139,9 +187,14 @@ class Handler(BaseHTTPRequestHandler):
                         _stats[tag]["tokens_sent"] = i + 1
             else:
                 if fake.get("usage", True):
-                    usage = {"prompt_tokens": 7, "completion_tokens": len(tokens),
-                             "total_tokens": 7 + len(tokens)}
-                    self._write(f"data: {json.dumps({'choices': [], 'usage': usage})}{eol}{eol}")
+                    usage = {
+                        "prompt_tokens": 7,
+                        "completion_tokens": len(tokens),
+                        "total_tokens": 7 + len(tokens),
+                    }
+                    self._write(
+                        f"data: {json.dumps({'choices': [], 'usage': usage})}{eol}{eol}"
+                    )
                 self._write(f"data: [DONE]{eol}{eol}")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
@@ -159,7 +212,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _json(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

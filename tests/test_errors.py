@@ -27,12 +27,26 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("model not a string", {"model": 3, "messages": MSG}, "invalid_model"),
     ("no messages", {"model": "fake-model"}, "invalid_messages"),
     ("empty messages", {"model": "fake-model", "messages": []}, "invalid_messages"),
-    ("messages not a list", {"model": "fake-model", "messages": "hi"}, "invalid_messages"),
-    ("bad role", {"model": "fake-model", "messages": [{"role": "robot", "content": "x"}]},
-     "invalid_messages"),
-    ("bad content", {"model": "fake-model", "messages": [{"role": "user", "content": 5}]},
-     "invalid_messages"),
-    ("no content", {"model": "fake-model", "messages": [{"role": "user"}]}, "invalid_messages"),
+    (
+        "messages not a list",
+        {"model": "fake-model", "messages": "hi"},
+        "invalid_messages",
+    ),
+    (
+        "bad role",
+        {"model": "fake-model", "messages": [{"role": "robot", "content": "x"}]},
+        "invalid_messages",
+    ),
+    (
+        "bad content",
+        {"model": "fake-model", "messages": [{"role": "user", "content": 5}]},
+        "invalid_messages",
+    ),
+    (
+        "no content",
+        {"model": "fake-model", "messages": [{"role": "user"}]},
+        "invalid_messages",
+    ),
     ("temperature 2", chat_body(temperature=2), "invalid_params"),
     ("temperature a string", chat_body(temperature="hot"), "invalid_params"),
     ("top_p 0", chat_body(top_p=0), "invalid_params"),
@@ -56,7 +70,9 @@ RAW_BODIES = [
 ]
 
 
-def assert_error(resp: requests.Response, surface: str, status: int, code: str | None) -> None:
+def assert_error(
+    resp: requests.Response, surface: str, status: int, code: str | None
+) -> None:
     assert resp.status_code == status, resp.text
     assert resp.headers["Content-Type"].startswith("application/json")
     body = resp.json()
@@ -72,85 +88,132 @@ def assert_error(resp: requests.Response, surface: str, status: int, code: str |
 
 
 @pytest.mark.parametrize(("route", "surface"), CHAT_ROUTES)
-@pytest.mark.parametrize(("case", "body", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+@pytest.mark.parametrize(
+    ("case", "body", "code"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES]
+)
 def test_bad_chat_bodies_are_400_with_the_documented_code(
-    stack: Stack, auth: dict[str, str], route: str, surface: str, case: str, body: Any, code: str
+    stack: Stack,
+    auth: dict[str, str],
+    route: str,
+    surface: str,
+    case: str,
+    body: Any,
+    code: str,
 ) -> None:
     resp = requests.post(f"{stack.url}{route}", json=body, headers=auth, timeout=10)
     assert_error(resp, surface, 400, code)
 
 
 @pytest.mark.parametrize(("route", "surface"), CHAT_ROUTES)
-@pytest.mark.parametrize(("case", "raw", "code"), RAW_BODIES, ids=[b[0] for b in RAW_BODIES])
+@pytest.mark.parametrize(
+    ("case", "raw", "code"), RAW_BODIES, ids=[b[0] for b in RAW_BODIES]
+)
 def test_malformed_json_is_400_invalid_json(
-    stack: Stack, auth: dict[str, str], route: str, surface: str, case: str, raw: bytes, code: str
+    stack: Stack,
+    auth: dict[str, str],
+    route: str,
+    surface: str,
+    case: str,
+    raw: bytes,
+    code: str,
 ) -> None:
-    resp = requests.post(f"{stack.url}{route}", data=raw,
-                         headers={**auth, "Content-Type": "application/json"}, timeout=10)
+    resp = requests.post(
+        f"{stack.url}{route}",
+        data=raw,
+        headers={**auth, "Content-Type": "application/json"},
+        timeout=10,
+    )
     assert_error(resp, surface, 400, code)
 
 
 @pytest.mark.parametrize(("route", "surface"), CHAT_ROUTES)
-def test_oversize_body_is_413(stack: Stack, auth: dict[str, str], route: str, surface: str) -> None:
+def test_oversize_body_is_413(
+    stack: Stack, auth: dict[str, str], route: str, surface: str
+) -> None:
     huge = chat_body(messages=[{"role": "user", "content": "x" * (9 * 1024 * 1024)}])
     resp = requests.post(f"{stack.url}{route}", json=huge, headers=auth, timeout=30)
     assert_error(resp, surface, 413, "payload_too_large")
 
 
-@pytest.mark.parametrize(("route", "surface"), [*CHAT_ROUTES, ("/v1/models", "openai"),
-                                                ("/api/llm/models", "envelope")])
+@pytest.mark.parametrize(
+    ("route", "surface"),
+    [*CHAT_ROUTES, ("/v1/models", "openai"), ("/api/llm/models", "envelope")],
+)
 @pytest.mark.parametrize("key", [None, "llmq-unknown", ""])
 def test_missing_or_unknown_key_is_401(
     stack: Stack, route: str, surface: str, key: str | None
 ) -> None:
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     method = "GET" if route.endswith("models") else "POST"
-    resp = requests.request(method, f"{stack.url}{route}", json=chat_body(), headers=headers,
-                            timeout=10)
+    resp = requests.request(
+        method, f"{stack.url}{route}", json=chat_body(), headers=headers, timeout=10
+    )
     assert_error(resp, surface, 401, "unauthorized")
 
 
 def test_x_api_key_header_is_accepted(stack: Stack, api_key: str) -> None:
-    resp = requests.get(f"{stack.url}/v1/models", headers={"X-API-Key": api_key}, timeout=10)
+    resp = requests.get(
+        f"{stack.url}/v1/models", headers={"X-API-Key": api_key}, timeout=10
+    )
     assert resp.status_code == 200
 
 
 def test_a_revoked_key_is_401(stack: Stack) -> None:
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    created = requests.post(f"{stack.url}/admin/keys", json={"name": "r"}, headers=admin,
-                            timeout=10).json()
+    created = requests.post(
+        f"{stack.url}/admin/keys", json={"name": "r"}, headers=admin, timeout=10
+    ).json()
     auth = {"Authorization": f"Bearer {created['key']}"}
-    assert requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10).status_code == 200
-    revoked = requests.delete(f"{stack.url}/admin/keys/{created['id']}", headers=admin, timeout=10)
+    assert (
+        requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10).status_code
+        == 200
+    )
+    revoked = requests.delete(
+        f"{stack.url}/admin/keys/{created['id']}", headers=admin, timeout=10
+    )
     assert revoked.status_code == 200 and revoked.json()["revoked_at"]
-    assert_error(requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10), "openai",
-                 401, "unauthorized")
+    assert_error(
+        requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10),
+        "openai",
+        401,
+        "unauthorized",
+    )
 
 
 def test_an_expired_key_is_401(stack: Stack) -> None:
     past = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)).isoformat()
     key = stack.key(expires_at=past)
-    resp = requests.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {key}"},
-                        timeout=10)
+    resp = requests.get(
+        f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
     assert_error(resp, "openai", 401, "unauthorized")
 
 
 @pytest.mark.parametrize(("route", "surface"), CHAT_ROUTES)
-def test_a_model_outside_the_keys_allow_list_is_403(stack: Stack, route: str, surface: str) -> None:
+def test_a_model_outside_the_keys_allow_list_is_403(
+    stack: Stack, route: str, surface: str
+) -> None:
     key = stack.key(models=["sim-model"])
-    resp = requests.post(f"{stack.url}{route}", json=chat_body(),
-                         headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    resp = requests.post(
+        f"{stack.url}{route}",
+        json=chat_body(),
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
     assert_error(resp, surface, 403, "forbidden")
 
 
-@pytest.mark.parametrize(("path", "query", "status", "code"), [
-    ("/v1/jobs/job_nope", "", 404, "not_found"),
-    ("/v1/jobs/job_nope/events", "", 404, "not_found"),
-    ("/v1/nothing-here", "", 404, "not_found"),
-    ("/v1/jobs", "?limit=0", 400, "invalid_params"),
-    ("/v1/jobs", "?limit=abc", 400, "invalid_params"),
-    ("/v1/jobs", "?status=bogus", 400, "invalid_params"),
-])
+@pytest.mark.parametrize(
+    ("path", "query", "status", "code"),
+    [
+        ("/v1/jobs/job_nope", "", 404, "not_found"),
+        ("/v1/jobs/job_nope/events", "", 404, "not_found"),
+        ("/v1/nothing-here", "", 404, "not_found"),
+        ("/v1/jobs", "?limit=0", 400, "invalid_params"),
+        ("/v1/jobs", "?limit=abc", 400, "invalid_params"),
+        ("/v1/jobs", "?status=bogus", 400, "invalid_params"),
+    ],
+)
 def test_bad_reads_get_json_errors(
     stack: Stack, auth: dict[str, str], path: str, query: str, status: int, code: str
 ) -> None:
@@ -158,22 +221,37 @@ def test_bad_reads_get_json_errors(
     assert_error(resp, "openai", status, code)
 
 
-def test_wait_over_60_seconds_is_invalid_params(stack: Stack, auth: dict[str, str]) -> None:
-    job = requests.post(f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10).json()
-    resp = requests.get(f"{stack.url}/v1/jobs/{job['id']}?wait=61", headers=auth, timeout=10)
+def test_wait_over_60_seconds_is_invalid_params(
+    stack: Stack, auth: dict[str, str]
+) -> None:
+    job = requests.post(
+        f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10
+    ).json()
+    resp = requests.get(
+        f"{stack.url}/v1/jobs/{job['id']}?wait=61", headers=auth, timeout=10
+    )
     assert_error(resp, "openai", 400, "invalid_params")
 
 
 def test_a_non_numeric_last_event_id_is_400(stack: Stack, auth: dict[str, str]) -> None:
-    job = requests.post(f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10).json()
-    resp = requests.get(f"{stack.url}/v1/jobs/{job['id']}/events",
-                        headers={**auth, "Last-Event-ID": "abc"}, timeout=10)
+    job = requests.post(
+        f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10
+    ).json()
+    resp = requests.get(
+        f"{stack.url}/v1/jobs/{job['id']}/events",
+        headers={**auth, "Last-Event-ID": "abc"},
+        timeout=10,
+    )
     assert_error(resp, "openai", 400, "invalid_params")
 
 
 def test_bad_priority_is_invalid_params(stack: Stack, auth: dict[str, str]) -> None:
-    resp = requests.post(f"{stack.url}/v1/jobs", json=chat_body(priority="urgent"), headers=auth,
-                         timeout=10)
+    resp = requests.post(
+        f"{stack.url}/v1/jobs",
+        json=chat_body(priority="urgent"),
+        headers=auth,
+        timeout=10,
+    )
     assert_error(resp, "openai", 400, "invalid_params")
 
 
@@ -182,6 +260,8 @@ def test_wrong_method_is_a_json_405(stack: Stack, auth: dict[str, str]) -> None:
     assert_error(resp, "openai", 405, None)
 
 
-def test_unknown_envelope_route_is_an_envelope_404(stack: Stack, auth: dict[str, str]) -> None:
+def test_unknown_envelope_route_is_an_envelope_404(
+    stack: Stack, auth: dict[str, str]
+) -> None:
     resp = requests.get(f"{stack.url}/api/llm/nothing", headers=auth, timeout=10)
     assert_error(resp, "envelope", 404, None)

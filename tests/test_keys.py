@@ -1,4 +1,4 @@
-"""API keys: the admin API, the flask CLI, and the key store on SQLite and PostgreSQL."""
+"""API keys: admin API, flask CLI, and the key store on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -42,8 +42,10 @@ def postgres_url() -> str:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("select 1"))
     except sqlalchemy.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL} "
-                    f"(set LLMQ_TEST_POSTGRES_URL): {exc}")
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} "
+            f"(set LLMQ_TEST_POSTGRES_URL): {exc}"
+        )
     finally:
         engine.dispose()
     return POSTGRES_URL
@@ -51,8 +53,11 @@ def postgres_url() -> str:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
-    url = (f"sqlite:///{tmp_path / 'keys.sqlite3'}" if request.param == "sqlite"
-           else request.getfixturevalue("postgres_url"))
+    url = (
+        f"sqlite:///{tmp_path / 'keys.sqlite3'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     engine = make_engine(url)
     create_schema(engine)
     yield KeyStore(engine)
@@ -65,8 +70,13 @@ def test_a_created_key_authenticates_and_is_stored_only_hashed(store: KeyStore) 
     assert identity is not None and identity.id == row.id
     assert identity.models == ("sim-model",)
     with store.engine.connect() as conn:
-        stored = conn.execute(sqlalchemy.text("select * from api_keys where id = :id"),
-                              {"id": row.id}).mappings().one()
+        stored = (
+            conn.execute(
+                sqlalchemy.text("select * from api_keys where id = :id"), {"id": row.id}
+            )
+            .mappings()
+            .one()
+        )
     assert raw not in [str(v) for v in stored.values()]
     assert store.authenticate(raw + "x") is None
 
@@ -92,40 +102,63 @@ def test_list_and_get_show_keys_without_the_key(store: KeyStore) -> None:
 
 
 def test_admin_creates_a_key_with_201_and_shows_it_once(stack: Stack) -> None:
-    resp = requests.post(f"{stack.url}/admin/keys",
-                         json={"name": "svc", "balance": 10, "rpm": 5, "models": ["sim-model"]},
-                         headers=ADMIN, timeout=10)
+    resp = requests.post(
+        f"{stack.url}/admin/keys",
+        json={"name": "svc", "balance": 10, "rpm": 5, "models": ["sim-model"]},
+        headers=ADMIN,
+        timeout=10,
+    )
     assert resp.status_code == 201
     created = resp.json()
     assert {"id", "key", "name"} <= set(created) and created["name"] == "svc"
     assert created["balance"] == 10 and created["rpm"] == 5
-    listed = requests.get(f"{stack.url}/admin/keys", headers=ADMIN, timeout=10).json()["data"]
+    listed = requests.get(f"{stack.url}/admin/keys", headers=ADMIN, timeout=10).json()[
+        "data"
+    ]
     assert created["id"] in {k["id"] for k in listed}
     assert created["key"] not in str(listed)
-    one = requests.get(f"{stack.url}/admin/keys/{created['id']}", headers=ADMIN, timeout=10)
+    one = requests.get(
+        f"{stack.url}/admin/keys/{created['id']}", headers=ADMIN, timeout=10
+    )
     assert one.status_code == 200 and "key" not in one.json()
 
 
 def test_admin_routes_need_the_admin_key(stack: Stack, api_key: str) -> None:
     none = requests.get(f"{stack.url}/admin/keys", timeout=10)
-    ordinary = requests.get(f"{stack.url}/admin/keys",
-                            headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    ordinary = requests.get(
+        f"{stack.url}/admin/keys",
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=10,
+    )
     assert none.status_code == 401 and none.json()["error"]["code"] == "unauthorized"
-    assert ordinary.status_code == 403 and ordinary.json()["error"]["code"] == "forbidden"
+    assert (
+        ordinary.status_code == 403 and ordinary.json()["error"]["code"] == "forbidden"
+    )
 
 
 def test_admin_rejects_a_bad_key_request(stack: Stack) -> None:
-    resp = requests.post(f"{stack.url}/admin/keys", json={"name": "", "rpm": 0}, headers=ADMIN,
-                         timeout=10)
+    resp = requests.post(
+        f"{stack.url}/admin/keys",
+        json={"name": "", "rpm": 0},
+        headers=ADMIN,
+        timeout=10,
+    )
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_params"
-    missing = requests.delete(f"{stack.url}/admin/keys/key_missing", headers=ADMIN, timeout=10)
+    missing = requests.delete(
+        f"{stack.url}/admin/keys/key_missing", headers=ADMIN, timeout=10
+    )
     assert missing.status_code == 404
 
 
 def _flask(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "flask"), "--app", "web", "keys", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return result.stdout.strip()
 
@@ -134,17 +167,28 @@ def test_flask_cli_creates_lists_and_revokes_keys(stack: Stack) -> None:
     key_id, name, raw = _flask(stack.env, "create", "--name", "cli-key").split("\t")
     assert name == "cli-key" and raw.startswith("llmq-")
     auth = {"Authorization": f"Bearer {raw}"}
-    assert requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10).status_code == 200
-    assert any(line.startswith(key_id) and line.endswith("active")
-               for line in _flask(stack.env, "list").splitlines())
+    assert (
+        requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10).status_code
+        == 200
+    )
+    assert any(
+        line.startswith(key_id) and line.endswith("active")
+        for line in _flask(stack.env, "list").splitlines()
+    )
     assert _flask(stack.env, "revoke", key_id) == f"revoked {key_id}"
-    assert requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10).status_code == 401
+    assert (
+        requests.get(f"{stack.url}/v1/models", headers=auth, timeout=10).status_code
+        == 401
+    )
     quiet = _flask(stack.env, "create", "--name", "q", "--quiet")
     assert quiet.startswith("llmq-") and "\t" not in quiet
 
 
 def test_the_whole_stack_runs_on_postgresql(
-    postgres_url: str, catalog_path: Path, logdir: Path, tmp_path_factory: pytest.TempPathFactory
+    postgres_url: str,
+    catalog_path: Path,
+    logdir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     redis_server = RedisServer(tmp_path_factory.mktemp("pg-redis"))
     redis_server.start()
@@ -155,14 +199,16 @@ def test_the_whole_stack_runs_on_postgresql(
         pg_stack = Stack(url, env, redis_server.url)
         key = pg_stack.key()
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
-        reply = sdk.chat.completions.create(model="sim-model",
-                                            messages=[{"role": "user", "content": "hi"}])
+        reply = sdk.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.choices[0].message.content
         engine = make_engine(postgres_url)
         with engine.connect() as conn:
-            count = conn.execute(sqlalchemy.text(
-                "select count(*) from api_keys where key_hash = :h"),
-                {"h": __import__("common.apikeys", fromlist=["digest"]).digest(key)}).scalar()
+            count = conn.execute(
+                sqlalchemy.text("select count(*) from api_keys where key_hash = :h"),
+                {"h": __import__("common.apikeys", fromlist=["digest"]).digest(key)},
+            ).scalar()
         engine.dispose()
         assert count == 1
     finally:

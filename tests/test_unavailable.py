@@ -36,17 +36,31 @@ def idle(
     server.stop()
 
 
-def test_queued_jobs_report_their_queue_position(idle: tuple[Stack, RedisServer]) -> None:
+def test_queued_jobs_report_their_queue_position(
+    idle: tuple[Stack, RedisServer],
+) -> None:
     stack, _ = idle
     auth = {"Authorization": f"Bearer {stack.key()}"}
-    jobs = [requests.post(f"{stack.url}/v1/jobs", json=chat_body(), headers=auth,
-                          timeout=10).json() for _ in range(3)]
+    jobs = [
+        requests.post(
+            f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10
+        ).json()
+        for _ in range(3)
+    ]
     assert all(j["status"] == "queued" for j in jobs)
-    positions = [requests.get(f"{stack.url}/v1/jobs/{j['id']}", headers=auth,
-                              timeout=10).json()["queue_position"] for j in jobs]
+    positions = [
+        requests.get(f"{stack.url}/v1/jobs/{j['id']}", headers=auth, timeout=10).json()[
+            "queue_position"
+        ]
+        for j in jobs
+    ]
     assert positions == sorted(positions) and len(set(positions)) == 3
-    bulk = requests.post(f"{stack.url}/v1/jobs", json=chat_body(priority="bulk"), headers=auth,
-                         timeout=10).json()
+    bulk = requests.post(
+        f"{stack.url}/v1/jobs",
+        json=chat_body(priority="bulk"),
+        headers=auth,
+        timeout=10,
+    ).json()
     assert bulk["priority"] == "bulk" and bulk["queue_position"] == 1
 
 
@@ -55,21 +69,37 @@ def test_a_cancelled_queued_job_ends_at_once_and_never_starts(
 ) -> None:
     stack, _ = idle
     auth = {"Authorization": f"Bearer {stack.key()}"}
-    first, second = (requests.post(f"{stack.url}/v1/jobs", json=chat_body(), headers=auth,
-                                   timeout=10).json() for _ in range(2))
-    before = requests.get(f"{stack.url}/v1/jobs/{second['id']}", headers=auth,
-                          timeout=10).json()["queue_position"]
-    resp = requests.post(f"{stack.url}/v1/jobs/{first['id']}/cancel", headers=auth, timeout=10)
+    first, second = (
+        requests.post(
+            f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10
+        ).json()
+        for _ in range(2)
+    )
+    before = requests.get(
+        f"{stack.url}/v1/jobs/{second['id']}", headers=auth, timeout=10
+    ).json()["queue_position"]
+    resp = requests.post(
+        f"{stack.url}/v1/jobs/{first['id']}/cancel", headers=auth, timeout=10
+    )
     assert resp.status_code == 200
     cancelled = resp.json()
     assert cancelled["status"] == "cancelled" and cancelled["started_at"] is None
     assert cancelled["finished_at"] is not None and cancelled["usage"] is None
-    after = requests.get(f"{stack.url}/v1/jobs/{second['id']}", headers=auth,
-                         timeout=10).json()["queue_position"]
+    after = requests.get(
+        f"{stack.url}/v1/jobs/{second['id']}", headers=auth, timeout=10
+    ).json()["queue_position"]
     assert after == before - 1
-    with requests.get(f"{stack.url}/v1/jobs/{first['id']}/events", headers=auth, stream=True,
-                      timeout=10) as events:
-        seen = [(e["event"], json.loads(e["data"])) for e in sse_events(events) if "event" in e]
+    with requests.get(
+        f"{stack.url}/v1/jobs/{first['id']}/events",
+        headers=auth,
+        stream=True,
+        timeout=10,
+    ) as events:
+        seen = [
+            (e["event"], json.loads(e["data"]))
+            for e in sse_events(events)
+            if "event" in e
+        ]
     assert [name for name, _ in seen] == ["status", "status", "done"]
     assert seen[1][1] == {"status": "cancelled"} and seen[2][1]["status"] == "cancelled"
 
@@ -80,7 +110,9 @@ def test_a_dead_redis_answers_503_within_two_seconds_and_recovers(
     stack, server = idle
     key = stack.key()
     auth = {"Authorization": f"Bearer {key}"}
-    job = requests.post(f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10).json()
+    job = requests.post(
+        f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10
+    ).json()
     server.stop()
     try:
         calls = [
@@ -94,14 +126,21 @@ def test_a_dead_redis_answers_503_within_two_seconds_and_recovers(
         ]
         for method, path, body in calls:
             start = time.monotonic()
-            resp = requests.request(method, f"{stack.url}{path}", json=body, headers=auth,
-                                    timeout=10)
+            resp = requests.request(
+                method, f"{stack.url}{path}", json=body, headers=auth, timeout=10
+            )
             assert time.monotonic() - start < 2, path
             assert resp.status_code == 503, (path, resp.text)
             payload = resp.json()
-            code = payload["code"] if path.startswith("/api/") else payload["error"]["code"]
+            code = (
+                payload["code"]
+                if path.startswith("/api/")
+                else payload["error"]["code"]
+            )
             assert code in (503, "unavailable"), path
     finally:
         server.start()
-    again = requests.post(f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10)
+    again = requests.post(
+        f"{stack.url}/v1/jobs", json=chat_body(), headers=auth, timeout=10
+    )
     assert again.status_code == 202

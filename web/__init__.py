@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 from flask import Response, g
+from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 from kombu.exceptions import OperationalError as BrokerError
 
@@ -26,7 +29,9 @@ from workers.celery_app import make_celery
 def _services(settings: Settings) -> Services:
     client = connect(settings.redis_url, settings.redis_timeout_seconds)
     blocking = connect_blocking(
-        settings.redis_url, settings.redis_timeout_seconds, settings.sse_keepalive_seconds
+        settings.redis_url,
+        settings.redis_timeout_seconds,
+        settings.sse_keepalive_seconds,
     )
     celery = make_celery(settings)
 
@@ -58,8 +63,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         doc_ui=False,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    json_provider = cast(DefaultJSONProvider, app.json)
+    json_provider.sort_keys = False
+    json_provider.ensure_ascii = False
     app.extensions["llmq"] = _services(settings)
     register_error_handlers(app)
     for surface in (health, chat, models, jobs, envelope, legacy, admin):

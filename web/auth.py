@@ -25,7 +25,9 @@ def load_json_body() -> None:
         InvalidJSONError: the body is not JSON or not an object.
         RequestEntityTooLarge: the body is over the configured limit.
     """
-    if request.method not in ("POST", "PUT", "PATCH") or not request.get_data(cache=True):
+    if request.method not in ("POST", "PUT", "PATCH") or not request.get_data(
+        cache=True
+    ):
         return
     if request.mimetype.startswith("multipart/"):
         return
@@ -53,7 +55,7 @@ def require_key() -> None:
 
 
 def require_key_or_body() -> None:
-    """Blueprint hook for envelope routes: the key may also be the body's ``api_key``."""
+    """Blueprint hook for envelope routes: the key may also be the body's api_key."""
     raw = _header_key()
     load_json_body()
     if raw is None and request.get_data(cache=True):

@@ -68,7 +68,9 @@ def _relay(
         elif event.type == "done":
             final = json.loads(event.data)
             if include_usage and final.get("usage"):
-                chunk = usage_chunk(job.id, job.model, int(job.created_at), final["usage"])
+                chunk = usage_chunk(
+                    job.id, job.model, int(job.created_at), final["usage"]
+                )
                 yield data_line(dumps(chunk).encode())
             yield DONE
             return

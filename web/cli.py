@@ -22,7 +22,9 @@ def _store() -> KeyStore:
 @click.option("--models", default=None, help="Comma-separated model allow-list.")
 @click.option("--expires-at", type=click.DateTime(), default=None, help="UTC expiry.")
 @click.option("--quiet", is_flag=True, help="Print only the key.")
-def create_key(name: str, models: str | None, expires_at: dt.datetime | None, quiet: bool) -> None:
+def create_key(
+    name: str, models: str | None, expires_at: dt.datetime | None, quiet: bool
+) -> None:
     """Create a key and print it (it is shown only this once)."""
     allow = [m.strip() for m in models.split(",") if m.strip()] if models else None
     row, raw = _store().create(name, models=allow, expires_at=expires_at)

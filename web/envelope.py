@@ -30,7 +30,9 @@ from web.relay import (
 )
 from web.sse import DONE, KEEPALIVE, data_line, sse_response
 
-bp = APIBlueprint("envelope", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="envelope")])
+bp = APIBlueprint(
+    "envelope", __name__, url_prefix="/api/llm", abp_tags=[Tag(name="envelope")]
+)
 bp.before_request(auth.require_key_or_body)
 
 
@@ -108,18 +110,26 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
             for choice in json.loads(event.data).get("choices", []):
                 content = (choice.get("delta") or {}).get("content")
                 if content:
-                    yield data_line(dumps({"content": content, "finish_reason": None}).encode())
+                    yield data_line(
+                        dumps({"content": content, "finish_reason": None}).encode()
+                    )
         elif event.type == "error":
             error = json.loads(event.data)
             status = 504 if error.get("code") == "timeout" else 502
-            yield data_line(dumps({"code": status, "message": error.get("message"),
-                                   "data": None}).encode())
+            yield data_line(
+                dumps(
+                    {"code": status, "message": error.get("message"), "data": None}
+                ).encode()
+            )
             return
         elif event.type == "done":
             final = json.loads(event.data)
             choices = (final.get("result") or {}).get("choices") or [{}]
-            last = {"content": "", "finish_reason": choices[0].get("finish_reason") or "stop",
-                    "usage": envelope_usage(final.get("usage"))}
+            last = {
+                "content": "",
+                "finish_reason": choices[0].get("finish_reason") or "stop",
+                "usage": envelope_usage(final.get("usage")),
+            }
             yield data_line(dumps(last).encode())
             yield DONE
             return

@@ -1,4 +1,4 @@
-"""Error handlers: every failure becomes the documented JSON body, never HTML or a 500 trace.
+"""Error handlers: every failure becomes the documented JSON body, never HTML.
 
 OpenAI-style routes answer ``{"error": {...}}``; envelope routes (``/api/``,
 ``/ai_api/``) answer ``{"code", "message", "data": null}``.
@@ -61,7 +61,9 @@ def _from_http(exc: HTTPException) -> GatewayError:
     if exc.code == 404:
         return NotFoundError(f"no route {request.path}")
     if exc.code == 405:
-        return MethodNotAllowedError(f"{request.method} is not allowed on {request.path}")
+        return MethodNotAllowedError(
+            f"{request.method} is not allowed on {request.path}"
+        )
     if exc.code == 400:
         return InvalidJSONError("the body is not valid JSON")
     return InvalidRequestError(exc.description or "bad request")

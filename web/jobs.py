@@ -9,7 +9,13 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.errors import InvalidRequestError
 from common.eventlog import Event
-from common.schemas import EventsQuery, JobCreateRequest, JobListQuery, JobPath, JobQuery
+from common.schemas import (
+    EventsQuery,
+    JobCreateRequest,
+    JobListQuery,
+    JobPath,
+    JobQuery,
+)
 from web import auth
 from web.context import services
 from web.relay import submitted
@@ -27,7 +33,9 @@ def create_job(body: JobCreateRequest) -> tuple[Response, int]:
     """Submit a chat request as a job; answers 202 with the job object."""
     idem = request.headers.get("Idempotency-Key") or None
     if idem and len(idem) > IDEMPOTENCY_KEY_MAX_CHARS:
-        raise InvalidRequestError("Idempotency-Key is too long", param="Idempotency-Key")
+        raise InvalidRequestError(
+            "Idempotency-Key is too long", param="Idempotency-Key"
+        )
     svc = services()
     job = submitted(
         svc.jobs.submit(
@@ -46,7 +54,9 @@ def create_job(body: JobCreateRequest) -> tuple[Response, int]:
 def list_jobs(query: JobListQuery) -> Response:
     """This key's jobs, newest first, as an OpenAI list."""
     svc = services()
-    jobs, has_more = svc.jobs.list(auth.caller(), query.status, query.limit, query.after)
+    jobs, has_more = svc.jobs.list(
+        auth.caller(), query.status, query.limit, query.after
+    )
     data = [svc.jobs.view(job) for job in jobs]
     return jsonify(
         {
@@ -85,7 +95,9 @@ def stream_job_events(path: JobPath, query: EventsQuery) -> Response:
     if after is None:
         header = request.headers.get("Last-Event-ID", "").strip()
         if header and not header.isdigit():
-            raise InvalidRequestError("Last-Event-ID must be an integer", param="Last-Event-ID")
+            raise InvalidRequestError(
+                "Last-Event-ID must be an integer", param="Last-Event-ID"
+            )
         after = int(header) if header else 0
     events = svc.jobs.follow(job, after, svc.settings.sse_keepalive_seconds)
     return sse_response(_relay(events), {"X-Job-Id": job.id})

@@ -12,9 +12,16 @@ from common.eventlog import Event
 from common.schemas import LegacyChatRequest
 from web import auth
 from web.context import services
-from web.relay import await_result, cancel_on_disconnect, follow_from_first_output, submitted
+from web.relay import (
+    await_result,
+    cancel_on_disconnect,
+    follow_from_first_output,
+    submitted,
+)
 
-bp = APIBlueprint("legacy", __name__, url_prefix="/ai_api", abp_tags=[Tag(name="legacy")])
+bp = APIBlueprint(
+    "legacy", __name__, url_prefix="/ai_api", abp_tags=[Tag(name="legacy")]
+)
 bp.before_request(auth.require_key_or_body)
 
 _TEXT = "text/plain; charset=utf-8"
@@ -29,7 +36,9 @@ def legacy_chat(body: LegacyChatRequest) -> Response:
     if not body.stream:
         done = await_result(job)
         message = (done.result or {}).get("choices", [{}])[0].get("message") or {}
-        return Response(message.get("content") or "", content_type=_TEXT, headers=headers)
+        return Response(
+            message.get("content") or "", content_type=_TEXT, headers=headers
+        )
     text = _text(follow_from_first_output(job))
     return Response(
         cancel_on_disconnect(text, job, detach=False),

@@ -41,7 +41,8 @@ def visible_models(provider: str | None = None) -> list[ModelConfig]:
             raise InvalidModelError(f"unknown provider {provider!r}", param="provider")
     allowed = auth.caller().models
     return [
-        m for m in catalog.enabled_models(provider)
+        m
+        for m in catalog.enabled_models(provider)
         if m.type == 0 and (allowed is None or m.id in allowed)
     ]
 
@@ -49,7 +50,9 @@ def visible_models(provider: str | None = None) -> list[ModelConfig]:
 @bp.get("/v1/models")
 def list_models() -> Response:
     """List the models this key may use."""
-    return jsonify({"object": "list", "data": [model_object(m) for m in visible_models()]})
+    return jsonify(
+        {"object": "list", "data": [model_object(m) for m in visible_models()]}
+    )
 
 
 @bp.get("/providers/<provider>/v1/models")

@@ -93,4 +93,4 @@ def cancel_on_disconnect(
 
 
 def wants_detach() -> bool:
-    return request.headers.get("X-LLMQ-Detach") == "1"
+    return bool(request.headers.get("X-LLMQ-Detach") == "1")

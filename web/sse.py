@@ -19,7 +19,11 @@ _HEADERS = {
 
 def job_event(event: Event) -> bytes:
     """A job event as SSE, its stored JSON relayed without re-encoding."""
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.id, event.type.encode(), event.data)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (
+        event.id,
+        event.type.encode(),
+        event.data,
+    )
 
 
 def data_line(payload: bytes) -> bytes:
@@ -27,7 +31,9 @@ def data_line(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def sse_response(body: Iterable[bytes], headers: dict[str, str] | None = None) -> Response:
+def sse_response(
+    body: Iterable[bytes], headers: dict[str, str] | None = None
+) -> Response:
     """A streaming ``text/event-stream`` response."""
     return Response(
         body,

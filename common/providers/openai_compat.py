@@ -16,7 +16,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from common.cancel import CancelToken
-from common.catalog import ModelConfig, ProviderConfig
+from common.catalog import ModelConfig, ProviderConfig, Timeouts
 from common.errors import (
     ProviderBadResponseError,
     ProviderError,
@@ -50,6 +50,13 @@ def _error_text(resp: requests.Response) -> str:
         return resp.text[:ERROR_QUOTE_CHARS]
 
 
+def _set_read_timeout(resp: requests.Response, seconds: float) -> None:
+    connection = resp.raw.connection if resp.raw is not None else None
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
 def _completion_as_chunks(body: Any) -> Iterator[dict[str, Any]]:
     """A provider that ignored ``stream`` answered one JSON completion."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
@@ -62,8 +69,11 @@ def _completion_as_chunks(body: Any) -> Iterator[dict[str, Any]]:
                 {"index": i, **call} for i, call in enumerate(delta["tool_calls"])
             ]
         choices.append(
-            {"index": choice.get("index", 0), "delta": delta,
-             "finish_reason": choice.get("finish_reason") or "stop"}
+            {
+                "index": choice.get("index", 0),
+                "delta": delta,
+                "finish_reason": choice.get("finish_reason") or "stop",
+            }
         )
     yield {"choices": choices}
     if body.get("usage"):
@@ -89,7 +99,10 @@ class OpenAICompatProvider:
             **body,
             "model": model.upstream,
             "stream": True,
-            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
+            "stream_options": {
+                **(body.get("stream_options") or {}),
+                "include_usage": True,
+            },
         }
         headers = {"Accept": "text/event-stream"}
         if self.config.api_key:
@@ -98,11 +111,16 @@ class OpenAICompatProvider:
         name = self.config.name
         try:
             resp = self.session.post(
-                url, json=payload, headers=headers, stream=True,
+                url,
+                json=payload,
+                headers=headers,
+                stream=True,
                 timeout=(timeouts.connect, timeouts.first_token),
             )
         except requests.Timeout as exc:
-            raise ProviderTimeoutError(f"provider {name} did not answer in time") from exc
+            raise ProviderTimeoutError(
+                f"provider {name} did not answer in time"
+            ) from exc
         except requests.RequestException as exc:
             raise ProviderUnavailableError(f"provider {name} is unreachable") from exc
         cancel.on_cancel(resp.close)
@@ -117,15 +135,22 @@ class OpenAICompatProvider:
                         f"provider {name} answered malformed JSON"
                     ) from exc
                 return
-            yield from self._read_stream(resp, cancel, time.monotonic() + timeouts.total)
+            yield from self._read_stream(resp, cancel, timeouts)
 
     def _read_stream(
-        self, resp: requests.Response, cancel: CancelToken, deadline: float
+        self, resp: requests.Response, cancel: CancelToken, timeouts: Timeouts
     ) -> Iterator[dict[str, Any]]:
         name = self.config.name
+        deadline = time.monotonic() + timeouts.total
         finished = False
+        waiting_for_first = True
         try:
             for event in iter_sse(resp.iter_content(chunk_size=None)):
+                if waiting_for_first:
+                    # The read timeout so far was the first-token one; from now on
+                    # a silence longer than ``idle`` is the provider stalling.
+                    _set_read_timeout(resp, timeouts.idle)
+                    waiting_for_first = False
                 data = event.data.strip()
                 if data == "[DONE]":
                     finished = True
@@ -137,8 +162,14 @@ class OpenAICompatProvider:
                     finished = True
                 yield chunk
                 if time.monotonic() > deadline:
-                    raise ProviderTimeoutError(f"provider {name} exceeded the total timeout")
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                    raise ProviderTimeoutError(
+                        f"provider {name} exceeded the total timeout"
+                    )
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            OSError,
+        ) as exc:
             if cancel.is_set():
                 return
             cause = exc.args[0] if exc.args else None
@@ -164,7 +195,9 @@ class OpenAICompatProvider:
                 f"provider {self.config.name} sent a malformed chunk"
             ) from exc
         if not isinstance(chunk, dict):
-            raise ProviderBadResponseError(f"provider {self.config.name} sent a non-object")
+            raise ProviderBadResponseError(
+                f"provider {self.config.name} sent a non-object"
+            )
         if chunk.get("error"):
             error = chunk["error"]
             text = error.get("message") if isinstance(error, dict) else error
@@ -176,12 +209,19 @@ class OpenAICompatProvider:
     def _http_error(self, resp: requests.Response) -> ProviderError:
         name, status = self.config.name, resp.status_code
         if status in (401, 403):
-            return ProviderRejectedError(f"provider {name} refused our credentials ({status})")
+            return ProviderRejectedError(
+                f"provider {name} refused our credentials ({status})"
+            )
         text = _error_text(resp)
         if status == 429:
             return ProviderRateLimitedError(
-                f"provider {name} is rate limiting: {text}", retry_after=_retry_after(resp)
+                f"provider {name} is rate limiting: {text}",
+                retry_after=_retry_after(resp),
             )
         if status >= 500:
-            return ProviderUnavailableError(f"provider {name} answered {status}: {text}")
-        return ProviderRejectedError(f"provider {name} rejected the request ({status}): {text}")
+            return ProviderUnavailableError(
+                f"provider {name} answered {status}: {text}"
+            )
+        return ProviderRejectedError(
+            f"provider {name} rejected the request ({status}): {text}"
+        )

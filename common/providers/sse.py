@@ -45,7 +45,9 @@ class SSEParser:
             # A CR at the very end may be the first half of CRLF: wait for more.
             if match.group() == b"\r" and match.end() == len(self._buffer):
                 break
-            event = self._line(self._buffer[start : match.start()].decode("utf-8", "replace"))
+            event = self._line(
+                self._buffer[start : match.start()].decode("utf-8", "replace")
+            )
             if event:
                 events.append(event)
             start = match.end()
