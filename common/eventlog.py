@@ -34,14 +34,28 @@ def _events(entries: _Entries) -> list[Event]:
 
 
 class EventLog:
-    """Replays and follows event logs; blocking reads use their own client."""
+    """Replays and follows event logs; blocking reads use their own client.
 
-    def __init__(self, client: redis.Redis, blocking: redis.Redis) -> None:
+    One blocking read lasts at most ``max_block_seconds``, which must stay
+    below the blocking client's socket timeout; longer waits loop.
+    """
+
+    def __init__(
+        self, client: redis.Redis, blocking: redis.Redis, max_block_seconds: float
+    ) -> None:
         self.redis = client
         self.blocking = blocking
+        self.max_block_seconds = max_block_seconds
+
+    def last_id(self, job_id: str) -> int:
+        """The id of the newest event (0 if none)."""
+        return self.redis.xlen(keys.events_key(job_id))
 
     def read(self, job_id: str, after: int, block_seconds: float = 0) -> list[Event]:
-        """Events with id > ``after``; waits up to ``block_seconds`` if none yet."""
+        """Events with id > ``after``; waits up to ``block_seconds`` if none yet.
+
+        The wait is capped at ``max_block_seconds``; an empty answer means none yet.
+        """
         key = keys.events_key(job_id)
         if block_seconds <= 0:
             entries = self.redis.xrange(
@@ -51,7 +65,7 @@ class EventLog:
         reply = self.blocking.xread(
             {key: f"0-{after}"},
             count=READ_BATCH_EVENTS,
-            block=max(1, int(block_seconds * 1000)),
+            block=max(1, int(min(block_seconds, self.max_block_seconds) * 1000)),
         )
         return _events(cast(list[list[_Entries]], reply)[0][1]) if reply else []
 

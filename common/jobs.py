@@ -7,7 +7,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from common.apikeys import KeyIdentity
@@ -20,7 +20,7 @@ from common.errors import (
     UnavailableError,
 )
 from common.eventlog import Event, EventLog
-from common.keys import events_key, idempotency_key
+from common.keys import idempotency_key
 from common.queues import Priority
 from common.schemas import ChatRequest
 from common.storage import JobRecord, JobStore, Transition, now
@@ -86,7 +86,7 @@ def finish_job(
     *,
     expected: tuple[str, ...],
     fields: dict[str, Any] | None = None,
-    events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    events: Sequence[tuple[str, str]] = (),
 ) -> tuple[JobRecord, Transition]:
     """Move ``job`` to a terminal ``status``, appending ``events`` then ``done``.
 
@@ -207,12 +207,12 @@ class JobService:
     def wait(self, job: JobRecord, seconds: float) -> JobRecord:
         """Hold until the job ends or ``seconds`` pass; return its latest record."""
         deadline = time.monotonic() + seconds
-        after = self.store.redis.xlen(events_key(job.id))
+        after = self.events.last_id(job.id)
         latest = self.store.get(job.id) or job
         while not latest.terminal and (left := deadline - time.monotonic()) > 0:
             batch = self.events.read(job.id, after, block_seconds=left)
             if not batch:
-                break
+                continue
             after = batch[-1].id
             if any(e.type == "done" for e in batch):
                 latest = self.store.get(job.id) or latest

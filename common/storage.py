@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -216,7 +217,7 @@ class JobStore:
         *,
         expected: tuple[str, ...] = (),
         fields: dict[str, Any] | None = None,
-        events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        events: Sequence[tuple[str, str]] = (),
         dequeue: bool = False,
         refresh_ttl: bool = False,
     ) -> Transition:

@@ -159,6 +159,10 @@ providers:
   fake2:
     kind: openai
     base_url: {upstream_url}/v1
+  patient:
+    kind: openai
+    base_url: {upstream_url}/v1
+    timeouts: {{connect: 2, first_token: 30, idle: 30, total: 60}}
   sim:
     kind: simulated
     simulated: {{first_token_delay: 0.05, tokens_per_second: 100, reply_tokens: 12}}
@@ -180,6 +184,8 @@ models:
     provider: fake2
   - id: other-model
     provider: fake2
+  - id: patient-model
+    provider: patient
   - id: sim-model
     provider: sim
   - id: embed-model

@@ -294,3 +294,26 @@ def test_detached_stream_runs_on_after_disconnect(
     ).json()
     assert job["status"] == "succeeded"
     assert job["usage"]["completion_tokens"] == 200
+
+
+def test_a_silence_longer_than_the_blocking_read_window_is_no_503(
+    client: openai.OpenAI, stack: Stack, auth: dict[str, str]
+) -> None:
+    # Blocking Redis reads get keepalive + 5 s (6 s in tests); the first token
+    # of this reply comes after 8 s, which the model's timeouts allow.
+    completion = client.chat.completions.create(
+        model="patient-model", messages=HI, extra_body={"fake": {"first_delay": 8}}
+    )
+    assert completion.choices[0].message.content == "".join(
+        f"tok{i} " for i in range(5)
+    )
+    job = requests.post(
+        f"{stack.url}/v1/jobs",
+        headers=auth,
+        timeout=10,
+        json=chat_body(model="patient-model", fake={"first_delay": 8}),
+    ).json()
+    waited = requests.get(
+        f"{stack.url}/v1/jobs/{job['id']}?wait=20", headers=auth, timeout=30
+    )
+    assert waited.status_code == 200 and waited.json()["status"] == "succeeded"

@@ -45,7 +45,7 @@ def _services(settings: Settings) -> Services:
     create_schema(engine)
     jobs_service = JobService(
         JobStore(client, settings.job_ttl_seconds),
-        EventLog(client, blocking),
+        EventLog(client, blocking, settings.sse_keepalive_seconds),
         settings.catalog,
         enqueue,
     )
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_status=400,
         validation_error_callback=validation_error_response,
         doc_ui=False,
+        static_folder=None,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     json_provider = cast(DefaultJSONProvider, app.json)
