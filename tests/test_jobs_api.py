@@ -8,6 +8,7 @@ import time
 import uuid
 from typing import Any
 
+import redis
 import requests
 
 from tests.conftest import Stack, chat_body, sse_events, wait_until
@@ -59,6 +60,17 @@ def test_submit_answers_202_with_the_job_object(
         "usage",
     ):
         assert field in job
+
+
+def test_records_and_event_logs_expire_after_the_default_seven_days(
+    stack: Stack, auth: dict[str, str]
+) -> None:
+    job = submit(stack, auth, fake={"tokens": 1})
+    requests.get(f"{stack.url}/v1/jobs/{job['id']}?wait=10", headers=auth, timeout=15)
+    client = redis.Redis.from_url(stack.redis_url)
+    week = 7 * 24 * 3600
+    for key in (f"llmq:job:{job['id']}", f"llmq:job:{job['id']}:events"):
+        assert week - 60 < client.ttl(key) <= week, key
 
 
 def test_wait_holds_until_the_job_ends(stack: Stack, auth: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from tests.conftest import (
@@ -20,6 +21,9 @@ from tests.conftest import (
     stop_process,
 )
 
+#: A configured job TTL, to see that the setting reaches Redis.
+IDLE_TTL_SECONDS = 3600
+
 
 @pytest.fixture(scope="module")
 def idle(
@@ -30,6 +34,7 @@ def idle(
     server.start()
     db = tmp_path_factory.mktemp("idle-db") / "llmq.sqlite3"
     env = base_env(server.url, catalog_path, f"sqlite:///{db}")
+    env["LLMQ_JOB_TTL_SECONDS"] = str(IDLE_TTL_SECONDS)
     url, web = start_web(env, logdir, "idle-web")
     yield Stack(url, env, server.url), server
     stop_process(web)
@@ -48,6 +53,8 @@ def test_queued_jobs_report_their_queue_position(
         for _ in range(3)
     ]
     assert all(j["status"] == "queued" for j in jobs)
+    ttl = redis.Redis.from_url(stack.redis_url).ttl(f"llmq:job:{jobs[0]['id']}")
+    assert IDLE_TTL_SECONDS - 60 < ttl <= IDLE_TTL_SECONDS
     positions = [
         requests.get(f"{stack.url}/v1/jobs/{j['id']}", headers=auth, timeout=10).json()[
             "queue_position"
