@@ -35,6 +35,20 @@ def usage_chunk(
     }
 
 
+def delta_texts(chunk: dict[str, Any]) -> list[str]:
+    """The non-empty content pieces of a ``chat.completion.chunk``."""
+    pieces = ((c.get("delta") or {}).get("content") for c in chunk.get("choices", []))
+    return [p for p in pieces if p]
+
+
+def reply_text(completion: dict[str, Any] | None) -> tuple[str, str | None]:
+    """A ``chat.completion``'s first choice as (text, finish_reason)."""
+    choice = ((completion or {}).get("choices") or [{}])[0]
+    return (choice.get("message") or {}).get("content") or "", choice.get(
+        "finish_reason"
+    )
+
+
 class CompletionAccumulator:
     """Folds upstream ``chat.completion.chunk`` objects into one completion.
 

@@ -15,6 +15,7 @@ from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from common.catalog import ModelConfig
+from common.completions import delta_texts, reply_text
 from common.jobs import dumps
 from common.schemas import EnvelopeChatRequest
 from common.storage import JobRecord
@@ -88,11 +89,11 @@ def envelope_chat(body: EnvelopeChatRequest) -> Response:
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)
-        choice = (done.result or {}).get("choices", [{}])[0]
+        text, finish_reason = reply_text(done.result)
         response = envelope(
             {
-                "content": (choice.get("message") or {}).get("content") or "",
-                "finish_reason": choice.get("finish_reason"),
+                "content": text,
+                "finish_reason": finish_reason,
                 "usage": envelope_usage(done.usage),
             }
         )
@@ -107,12 +108,9 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
         if event is None:
             yield KEEPALIVE
         elif event.type == "delta":
-            for choice in json.loads(event.data).get("choices", []):
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    yield data_line(
-                        dumps({"content": content, "finish_reason": None}).encode()
-                    )
+            for text in delta_texts(json.loads(event.data)):
+                piece = {"content": text, "finish_reason": None}
+                yield data_line(dumps(piece).encode())
         elif event.type == "error":
             error = json.loads(event.data)
             status = 504 if error.get("code") == "timeout" else 502
@@ -124,10 +122,9 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
             return
         elif event.type == "done":
             final = json.loads(event.data)
-            choices = (final.get("result") or {}).get("choices") or [{}]
             last = {
                 "content": "",
-                "finish_reason": choices[0].get("finish_reason") or "stop",
+                "finish_reason": reply_text(final.get("result"))[1] or "stop",
                 "usage": envelope_usage(final.get("usage")),
             }
             yield data_line(dumps(last).encode())

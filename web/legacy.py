@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
+from common.completions import delta_texts, reply_text
 from common.eventlog import Event
 from common.schemas import LegacyChatRequest
 from web import auth
@@ -35,13 +36,10 @@ def legacy_chat(body: LegacyChatRequest) -> Response:
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)
-        message = (done.result or {}).get("choices", [{}])[0].get("message") or {}
-        return Response(
-            message.get("content") or "", content_type=_TEXT, headers=headers
-        )
-    text = _text(follow_from_first_output(job))
+        return Response(reply_text(done.result)[0], content_type=_TEXT, headers=headers)
+    pieces = _text(follow_from_first_output(job))
     return Response(
-        cancel_on_disconnect(text, job, detach=False),
+        cancel_on_disconnect(pieces, job, detach=False),
         content_type=_TEXT,
         headers=headers,
         direct_passthrough=True,
@@ -53,9 +51,7 @@ def _text(events: Iterator[Event | None]) -> Iterator[bytes]:
         if event is None:
             continue
         if event.type == "delta":
-            for choice in json.loads(event.data).get("choices", []):
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    yield content.encode()
+            for text in delta_texts(json.loads(event.data)):
+                yield text.encode()
         elif event.type in ("error", "done"):
             return
