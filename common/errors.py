@@ -4,7 +4,8 @@
     ├── InvalidRequestError           400 invalid_params
     │   ├── InvalidJSONError          400 invalid_json
     │   ├── InvalidMessagesError      400 invalid_messages
-    │   └── InvalidModelError         400 invalid_model
+    │   ├── InvalidModelError         400 invalid_model
+    │   └── MethodNotAllowedError     405 method_not_allowed
     ├── PayloadTooLargeError          413 payload_too_large
     ├── UnauthorizedError             401 unauthorized
     ├── ForbiddenError                403 forbidden
@@ -87,6 +88,11 @@ class InvalidMessagesError(InvalidRequestError):
 
 class InvalidModelError(InvalidRequestError):
     code = "invalid_model"
+
+
+class MethodNotAllowedError(InvalidRequestError):
+    code = "method_not_allowed"
+    status = 405
 
 
 class PayloadTooLargeError(GatewayError):

@@ -19,6 +19,7 @@ from common.errors import (
     GatewayError,
     InvalidJSONError,
     InvalidRequestError,
+    MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     UnavailableError,
@@ -28,11 +29,6 @@ from common.schemas import to_gateway_error
 log = logging.getLogger(__name__)
 
 ENVELOPE_PREFIXES = ("/api/", "/ai_api/")
-
-
-class MethodNotAllowedError(InvalidRequestError):
-    code = "method_not_allowed"
-    status = 405
 
 
 def is_envelope_route() -> bool:
