@@ -21,13 +21,24 @@ log = logging.getLogger(__name__)
 LISTENER_RETRY_SECONDS = 1.0
 
 
+#: Why a run was stopped: the client cancelled it, another run took its lease,
+#: it passed its deadline, or its worker is shutting down.
+CANCELLED, LEASE_LOST, DEADLINE, SHUTDOWN = (
+    "cancelled",
+    "lease_lost",
+    "deadline",
+    "shutdown",
+)
+
+
 class CancelToken:
-    """Set once a job is cancelled; providers wait on it instead of sleeping."""
+    """Set once a run must stop; providers wait on it instead of sleeping."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._callbacks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
+        self.reason: str | None = None
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -44,11 +55,12 @@ class CancelToken:
                 return
         callback()
 
-    def cancel(self) -> None:
-        """Trip the token and run its callbacks once."""
+    def cancel(self, reason: str = CANCELLED) -> None:
+        """Trip the token (the first reason wins) and run its callbacks once."""
         with self._lock:
             if self._event.is_set():
                 return
+            self.reason = reason
             self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:

@@ -15,6 +15,10 @@ DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_FIRST_TOKEN_TIMEOUT_SECONDS = 60.0
 DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
 DEFAULT_TOTAL_TIMEOUT_SECONDS = 600.0
+#: Retries of a failed upstream call before any token was relayed.
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_BASE_SECONDS = 0.5
+DEFAULT_RETRY_MAX_SECONDS = 20.0
 
 
 class CatalogError(ValueError):
@@ -40,6 +44,14 @@ class Timeouts(_Strict):
     first_token: float = Field(default=DEFAULT_FIRST_TOKEN_TIMEOUT_SECONDS, gt=0)
     idle: float = Field(default=DEFAULT_IDLE_TIMEOUT_SECONDS, gt=0)
     total: float = Field(default=DEFAULT_TOTAL_TIMEOUT_SECONDS, gt=0)
+
+
+class RetryPolicy(_Strict):
+    """Retries before the first token: exponential backoff with full jitter."""
+
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
+    base_delay: float = Field(default=DEFAULT_RETRY_BASE_SECONDS, ge=0)  # seconds
+    max_delay: float = Field(default=DEFAULT_RETRY_MAX_SECONDS, ge=0)  # seconds
 
 
 class Price(_Strict):
@@ -68,6 +80,7 @@ class ProviderConfig(_Strict):
     api_key: str | None = Field(default=None, repr=False, exclude=True)
     limits: Limits = Limits()
     timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
     simulated: SimulatedSpeed = SimulatedSpeed()
 
     @model_validator(mode="after")
@@ -97,6 +110,7 @@ class ModelConfig(_Strict):
     price: Price = Price()
     limits: Limits = Limits()
     timeouts: Timeouts | None = None
+    retry: RetryPolicy | None = None
     fallbacks: list[str] = []
     img: str = ""
     keyword: str = "文本生成"
@@ -152,6 +166,14 @@ class Catalog:
     def provider_for(self, model: ModelConfig) -> ProviderConfig:
         """The provider serving ``model``."""
         return self.providers[model.provider]
+
+    def timeouts_for(self, model: ModelConfig) -> Timeouts:
+        """The model's timeouts, else its provider's."""
+        return model.timeouts or self.providers[model.provider].timeouts
+
+    def retry_for(self, model: ModelConfig) -> RetryPolicy:
+        """The model's retry policy, else its provider's."""
+        return model.retry or self.providers[model.provider].retry
 
 
 def load_catalog(path: Path, environ: Mapping[str, str]) -> Catalog:

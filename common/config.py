@@ -26,6 +26,10 @@ DEFAULT_SSE_KEEPALIVE_SECONDS = 15.0
 DEFAULT_REDIS_TIMEOUT_SECONDS = 1.0
 #: Broker redelivery of unacknowledged tasks; longer than any job may run.
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
+#: A running job's lease; its worker renews it every third of this.
+DEFAULT_LEASE_SECONDS = 15.0
+#: How long a stopping worker lets running streams finish before requeueing them.
+DEFAULT_WORKER_GRACE_SECONDS = 30.0
 
 
 class ConfigError(ValueError):
@@ -47,6 +51,8 @@ class Settings:
     sse_keepalive_seconds: float = DEFAULT_SSE_KEEPALIVE_SECONDS
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
 
 
 def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -101,5 +107,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         visibility_timeout_seconds=_positive_int(
             env, "LLMQ_VISIBILITY_TIMEOUT_SECONDS", DEFAULT_VISIBILITY_TIMEOUT_SECONDS
+        ),
+        lease_seconds=_positive(env, "LLMQ_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
+        worker_grace_seconds=_positive(
+            env, "LLMQ_WORKER_GRACE_SECONDS", DEFAULT_WORKER_GRACE_SECONDS
         ),
     )

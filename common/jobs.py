@@ -87,11 +87,13 @@ def finish_job(
     expected: tuple[str, ...],
     fields: dict[str, Any] | None = None,
     events: Sequence[tuple[str, str]] = (),
+    lease: tuple[str, str] | None = None,
 ) -> tuple[JobRecord, Transition]:
     """Move ``job`` to a terminal ``status``, appending ``events`` then ``done``.
 
     The ``done`` event carries the final job object, so a follower needs no
-    second read. Applied only if the job is still in one of ``expected``.
+    second read. Applied only if the job is still in one of ``expected`` (and,
+    with ``lease``, only under that lease op).
     """
     final = dataclasses.replace(job, status=status, finished_at=now(), **(fields or {}))
     changes = {"status": status, "finished_at": final.finished_at, **(fields or {})}
@@ -100,7 +102,7 @@ def finish_job(
         expected=expected,
         fields=changes,
         events=[*events, ("done", dumps(job_object(final)))],
-        dequeue=True,
+        lease=lease,
         refresh_ttl=True,
     )
     return final, done

@@ -18,6 +18,25 @@ def events_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+def lease_key(job_id: str) -> str:
+    """String holding the token of the run that owns a running job, with a TTL."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+#: Sorted set of running jobs scored by lease expiry (ms); the reaper scans it.
+RUNNING_KEY = f"{PREFIX}:running"
+
+
+def rate_key(scope: str, unit: str) -> str:
+    """GCRA theoretical arrival time (ms) of one limit, e.g. ``provider:sim`` rpm."""
+    return f"{PREFIX}:rate:{scope}:{unit}"
+
+
+def slots_key(scope: str) -> str:
+    """Sorted set of the jobs holding one of a scope's concurrency slots."""
+    return f"{PREFIX}:slots:{scope}"
+
+
 def queued_key(queue: str) -> str:
     """Sorted set of the jobs waiting on ``queue``, scored by submission time."""
     return f"{PREFIX}:queued:{queue}"

@@ -1,119 +1,355 @@
-"""Running one job: call its provider and turn the stream into events and a result.
+"""Running one job: limits, retries and fallbacks around the provider stream.
 
-Running the same job id twice in a row is harmless (late acknowledgement can
-redeliver a task): a finished job is left alone, and a job found ``running``
-(its worker died) is started over with a ``reset`` status event.
+A run owns the job through a lease (see storage); every write it makes checks
+the lease, so a redelivered task never runs a job twice at once. A job found
+``running`` with no live lease was orphaned by a dead worker and is started
+over, announced by a ``status`` event with ``reset: true``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from common import cancel as reasons
 from common.cancel import CancelRegistry, CancelToken
-from common.catalog import Catalog
+from common.catalog import Catalog, ModelConfig, RetryPolicy
 from common.completions import CompletionAccumulator
-from common.errors import GatewayError, InvalidModelError, ProviderError
+from common.errors import (
+    GatewayError,
+    InvalidModelError,
+    ProviderError,
+    ProviderTimeoutError,
+)
 from common.jobs import dumps, finish_job
+from common.limits import Limiter, Rate
 from common.providers import build_provider
 from common.providers.base import Provider
+from common.queues import Priority
 from common.storage import JobRecord, JobStore, now
 from common.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
+
+#: Completion tokens assumed for a tpm reservation when max_tokens is not given.
+DEFAULT_COMPLETION_ESTIMATE_TOKENS = 512
+#: Longest pause between two tries for a free concurrency slot.
+SLOT_POLL_MAX_SECONDS = 1.0
+
+
+@dataclass
+class Run:
+    """One worker's hold on one job."""
+
+    job_id: str
+    token: str
+    cancel: CancelToken
+    deadline: float
+    slot_scopes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """What the attempts produced: the last reply (maybe partial) and any error."""
+
+    acc: CompletionAccumulator
+    error: GatewayError | None = None
+
+
+def backoff_seconds(
+    policy: RetryPolicy, retry: int, retry_after: float | None
+) -> float:
+    """Exponential backoff with full jitter, never shorter than ``Retry-After``."""
+    ceiling = min(policy.max_delay, policy.base_delay * 2**retry)
+    return max(random.uniform(0, ceiling), retry_after or 0.0)
 
 
 class JobRunner:
     """Executes jobs in a worker process; one instance per process."""
 
     def __init__(
-        self, store: JobStore, catalog: Catalog, cancels: CancelRegistry
+        self,
+        store: JobStore,
+        catalog: Catalog,
+        cancels: CancelRegistry,
+        limiter: Limiter,
+        enqueue: Callable[[str, Priority], None],
+        lease_seconds: float,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.cancels = cancels
+        self.limiter = limiter
+        self.enqueue = enqueue
+        self.lease_seconds = lease_seconds
+        self.active: dict[str, Run] = {}
+        self._lock = threading.Lock()
         self.providers: dict[str, Provider] = {
             name: build_provider(config) for name, config in catalog.providers.items()
         }
 
     def run(self, job_id: str) -> None:
-        """Run ``job_id`` to a terminal state (or leave it if it already is)."""
+        """Run a job to a terminal state, unless it ended or another run owns it."""
         job = self.store.get(job_id)
         if job is None:
             log.warning("job %s not found (expired?); dropping its task", job_id)
             return
         if job.terminal:
             return
-        if job.cancel_requested:
-            finish_job(
-                self.store,
-                job,
-                "cancelled",
-                expected=("queued", "running"),
-                events=[("status", dumps({"status": "cancelled"}))],
-            )
+        model = self.catalog.find_model(job.model, job.provider)
+        total = self.catalog.timeouts_for(model).total if model else 0.0
+        started = self._start(job, uuid.uuid4().hex, total)
+        if started is None:
             return
-        job = self._start(job)
-        if job is None:
-            return
-        token = self.cancels.register(job.id)
+        job, run = started
         try:
-            self._stream(job, token)
+            if model is None:
+                error: GatewayError = InvalidModelError(
+                    f"model {job.model!r} left the catalog"
+                )
+                outcome = Outcome(
+                    CompletionAccumulator(job.id, job.model, int(job.created_at)), error
+                )
+            else:
+                outcome = self._execute(job, run, model)
         finally:
             self.cancels.unregister(job.id)
+            with self._lock:
+                self.active.pop(job.id, None)
+        self._conclude(job, run, outcome)
 
-    def _start(self, job: JobRecord) -> JobRecord | None:
-        started = dataclasses.replace(
-            job, status="running", started_at=now(), attempts=job.attempts + 1
-        )
-        status: dict[str, Any] = {"status": "running", "attempt": started.attempts}
-        if job.status == "running":
-            status["reset"] = True
-            log.warning("job %s was left running; starting it over", job.id)
+    def _start(
+        self, job: JobRecord, token: str, total: float
+    ) -> tuple[JobRecord, Run] | None:
+        start = now()
+        started_at: float = job.started_at or start
+        fields = {
+            "status": "running",
+            "started_at": started_at,
+            "deadline_at": start + total,
+        }
+        status: dict[str, Any] = {"status": "running"}
+        if job.attempts:
+            status["reset"] = True  # an earlier run may have relayed text
+            log.warning("job %s is being run again after a lost run", job.id)
         moved = self.store.transition(
             job,
             expected=("queued", "running"),
-            fields={
-                "status": "running",
-                "started_at": started.started_at,
-                "attempts": started.attempts,
-            },
+            fields=fields,
             events=[("status", dumps(status))],
-            dequeue=True,
+            lease=("take", token),
+            lease_seconds=self.lease_seconds,
         )
-        return started if moved.applied else None
+        if not moved.applied:
+            log.info("job %s is %s or leased elsewhere; skipping", job.id, moved.status)
+            return None
+        run = Run(job.id, token, self.cancels.register(job.id), start + total)
+        with self._lock:
+            self.active[job.id] = run
+        if moved.cancel_requested:
+            run.cancel.cancel(reasons.CANCELLED)
+        started = dataclasses.replace(
+            job,
+            status="running",
+            started_at=started_at,
+            deadline_at=start + total,
+        )
+        return started, run
 
-    def _stream(self, job: JobRecord, token: CancelToken) -> None:
-        acc = CompletionAccumulator(job.id, job.model, int(job.created_at))
+    def _execute(self, job: JobRecord, run: Run, model: ModelConfig) -> Outcome:
+        """Try the model, with retries, then its fallbacks, until one succeeds."""
+        chain = [model, *self._fallbacks(model)]
+        outcome = Outcome(CompletionAccumulator(job.id, model.id, int(job.created_at)))
+        for position, candidate in enumerate(chain):
+            if position:
+                self._announce(
+                    job,
+                    run,
+                    {
+                        "status": "running",
+                        "reset": True,
+                        "fallback": candidate.id,
+                        "error": outcome.error.code if outcome.error else None,
+                    },
+                )
+            outcome = self._with_retries(job, run, candidate)
+            if outcome.error is None or run.cancel.is_set():
+                return outcome
+        return outcome
+
+    def _with_retries(self, job: JobRecord, run: Run, model: ModelConfig) -> Outcome:
+        policy = self.catalog.retry_for(model)
+        for retry in range(policy.max_retries + 1):
+            acc = CompletionAccumulator(job.id, model.id, int(job.created_at))
+            try:
+                self._attempt(job, run, model, acc)
+                return Outcome(acc)
+            except ProviderError as exc:
+                outcome = Outcome(acc, exc)
+                if run.cancel.is_set() or acc.chunks or not exc.retryable:
+                    return outcome
+                if retry == policy.max_retries:
+                    return outcome
+                delay = backoff_seconds(
+                    policy, retry, getattr(exc, "retry_after", None)
+                )
+                if now() + delay > run.deadline:
+                    return outcome
+                self._announce(
+                    job,
+                    run,
+                    {
+                        "status": "running",
+                        "retry": retry + 1,
+                        "error": exc.code,
+                        "delay": round(delay, 3),
+                    },
+                )
+                if run.cancel.wait(delay):
+                    return outcome
+        raise AssertionError("unreachable")  # the loop always returns
+
+    def _attempt(
+        self, job: JobRecord, run: Run, model: ModelConfig, acc: CompletionAccumulator
+    ) -> None:
+        """One upstream call under the model's limits, relaying each chunk."""
+        self._count_attempt(job, run, model)
+        prompt = estimate_prompt_tokens(job.request.get("messages", []))
+        limit = job.request.get("max_completion_tokens") or job.request.get(
+            "max_tokens"
+        )
+        estimate = prompt + int(limit or DEFAULT_COMPLETION_ESTIMATE_TOKENS)
+        rates = self._rates(model, estimate)
+        if not self._wait_for_limits(job, run, model, rates):
+            return
         try:
-            model = self.catalog.find_model(job.model, job.provider)
-            if model is None:
-                raise InvalidModelError(f"model {job.model!r} left the catalog")
-            provider = self.providers[model.provider]
-            for chunk in provider.stream(model, job.request, token):
+            for chunk in self.providers[model.provider].stream(
+                model, job.request, run.cancel
+            ):
                 relay = acc.add(chunk)
                 if relay is not None:
-                    appended = self.store.transition(
-                        job, events=[("delta", dumps(relay))]
-                    )
-                    if appended.cancel_requested:
-                        token.cancel()
-                if token.is_set():
-                    break
-        except (ProviderError, InvalidModelError) as exc:
-            log.info("job %s failed: %s", job.id, exc.code)
-            self._finish(job, acc, "failed", exc)
-            return
-        self._finish(job, acc, "cancelled" if token.is_set() else "succeeded")
+                    self._append(job, run, [("delta", dumps(relay))])
+                if run.cancel.is_set():
+                    return
+        finally:
+            self.limiter.release_slots(run.token, run.slot_scopes)
+            run.slot_scopes = []
+            used = acc.final_usage(prompt)["total_tokens"] if acc.chunks else 0
+            for rate, _ in rates:
+                if rate.unit == "tpm":
+                    self.limiter.settle(rate, int(used) - estimate)
 
-    def _finish(
+    def _count_attempt(self, job: JobRecord, run: Run, model: ModelConfig) -> None:
+        attempts = (self.store.get(job.id) or job).attempts + 1
+        moved = self.store.transition(
+            job,
+            fields={"attempts": attempts, "provider": model.provider},
+            lease=("hold", run.token),
+        )
+        if moved.lease_lost:
+            run.cancel.cancel(reasons.LEASE_LOST)
+
+    def _rates(self, model: ModelConfig, estimate: int) -> list[tuple[Rate, int]]:
+        provider = self.catalog.provider_for(model)
+        scopes = [
+            (f"provider:{provider.name}", provider.limits),
+            (f"model:{provider.name}:{model.id}", model.limits),
+        ]
+        rates = []
+        for scope, limits in scopes:
+            if limits.rpm:
+                rates.append((Rate(scope, "rpm", limits.rpm), 1))
+            if limits.tpm:
+                rates.append((Rate(scope, "tpm", limits.tpm), estimate))
+        return rates
+
+    def _wait_for_limits(
         self,
         job: JobRecord,
-        acc: CompletionAccumulator,
-        status: str,
-        error: GatewayError | None = None,
-    ) -> None:
+        run: Run,
+        model: ModelConfig,
+        rates: list[tuple[Rate, int]],
+    ) -> bool:
+        """Wait (sleeping, not spinning) until the limits let this call go.
+
+        Returns False if the run was stopped while waiting.
+        """
+        wait = self.limiter.reserve(rates)
+        if wait > 0:
+            self._announce(
+                job,
+                run,
+                {
+                    "status": "running",
+                    "waiting": "rate_limit",
+                    "seconds": round(wait, 3),
+                },
+            )
+            if run.cancel.wait(wait):
+                return False
+        provider = self.catalog.provider_for(model)
+        slots = [
+            (scope, limit)
+            for scope, limit in (
+                (f"provider:{provider.name}", provider.limits.concurrency),
+                (f"model:{provider.name}:{model.id}", model.limits.concurrency),
+            )
+            if limit
+        ]
+        pause, announced = 0.05, False
+        while not self.limiter.acquire_slots(run.token, slots, self.lease_seconds):
+            if not announced:
+                self._announce(
+                    job, run, {"status": "running", "waiting": "concurrency"}
+                )
+                announced = True
+            if run.cancel.wait(pause * random.uniform(0.5, 1.5)):
+                return False
+            pause = min(pause * 2, SLOT_POLL_MAX_SECONDS)
+        run.slot_scopes = [scope for scope, _ in slots]
+        return True
+
+    def _fallbacks(self, model: ModelConfig) -> list[ModelConfig]:
+        found = (self.catalog.find_model(name) for name in model.fallbacks)
+        return [m for m in found if m is not None]
+
+    def _announce(self, job: JobRecord, run: Run, status: dict[str, Any]) -> None:
+        self._append(job, run, [("status", dumps(status))])
+
+    def _append(self, job: JobRecord, run: Run, events: list[tuple[str, str]]) -> None:
+        appended = self.store.transition(job, events=events, lease=("hold", run.token))
+        if appended.lease_lost:
+            run.cancel.cancel(reasons.LEASE_LOST)
+        elif appended.cancel_requested:
+            run.cancel.cancel(reasons.CANCELLED)
+
+    def _conclude(self, job: JobRecord, run: Run, outcome: Outcome) -> None:
+        reason = run.cancel.reason if run.cancel.is_set() else None
+        if reason == reasons.LEASE_LOST:
+            log.warning("job %s: lease lost; leaving it to its new owner", job.id)
+            return
+        if reason == reasons.SHUTDOWN:
+            self._requeue(job, run)
+            return
+        job = self.store.get(job.id) or job  # attempts and provider moved on
+        acc, error = outcome.acc, outcome.error
+        status = "succeeded"
+        if reason == reasons.DEADLINE:
+            status, error = (
+                "failed",
+                ProviderTimeoutError(f"job {job.id} passed its deadline"),
+            )
+        elif reason == reasons.CANCELLED:
+            status, error = "cancelled", None
+        elif error is not None:
+            status = "failed"
+            log.info("job %s failed: %s", job.id, error.code)
         usage = acc.final_usage(estimate_prompt_tokens(job.request.get("messages", [])))
         fields: dict[str, Any] = {"usage": usage}
         if status == "succeeded" or acc.chunks:
@@ -125,5 +361,26 @@ class JobRunner:
         elif status == "cancelled":
             events.append(("status", dumps({"status": "cancelled"})))
         finish_job(
-            self.store, job, status, expected=("running",), fields=fields, events=events
+            self.store,
+            job,
+            status,
+            expected=("running",),
+            fields=fields,
+            events=events,
+            lease=("drop", run.token),
         )
+
+    def _requeue(self, job: JobRecord, run: Run) -> None:
+        """Hand an unfinished job back to the queue (its worker is stopping)."""
+        moved = self.store.transition(
+            job,
+            expected=("running",),
+            fields={"status": "queued"},
+            events=[
+                ("status", dumps({"status": "queued", "reason": "worker shutdown"}))
+            ],
+            lease=("drop", run.token),
+        )
+        if moved.applied:
+            self.enqueue(job.id, job.priority)  # type: ignore[arg-type]
+            log.info("job %s handed back to the queue at shutdown", job.id)

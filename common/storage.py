@@ -43,25 +43,49 @@ redis.call('EXPIRE', KEYS[4], ARGV[1])
 return false
 """
 
-# KEYS: job, events, queued zset
-# ARGV: ttl (0 = keep), expected statuses "a,b" ("" = any), job id to dequeue
-#       ("" = none), field count, pairs..., event count, (type, data) pairs...
-# Returns {applied 0/1, status, last event id, cancel flag}.
+# KEYS: job, events, queued zset, lease, running zset
+# ARGV: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
+#       ("" | take | hold | drop | orphan), run token, lease ms, field count,
+#       pairs..., event count, (type, data) pairs...
+# Lease ops: take = own the lease unless another run holds it; hold = apply only
+# while owning it; drop = like hold, then release it; orphan = apply only while
+# nobody holds it (its worker died), and forget it was running.
+# Returns {applied 0/1, status, last event id, cancel flag, lease lost 0/1}.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {0, '', 0, ''} end
+if not status then return {0, '', 0, '', 0} end
+local function refuse(lost)
+  return {0, status, redis.call('XLEN', KEYS[2]),
+          redis.call('HGET', KEYS[1], 'cancel') or '', lost}
+end
 if ARGV[2] ~= '' then
   local ok = false
   for s in string.gmatch(ARGV[2], '[^,]+') do
     if s == status then ok = true end
   end
-  if not ok then
-    return {0, status, redis.call('XLEN', KEYS[2]),
-            redis.call('HGET', KEYS[1], 'cancel') or ''}
+  if not ok then return refuse(0) end
+end
+local op, token = ARGV[4], ARGV[5]
+if op ~= '' then
+  local holder = redis.call('GET', KEYS[4])
+  if op == 'take' then
+    if holder and holder ~= token then return refuse(1) end
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('SET', KEYS[4], token, 'PX', ARGV[6])
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), ARGV[3])
+  elseif op == 'orphan' then
+    if holder then return refuse(1) end
+    redis.call('ZREM', KEYS[5], ARGV[3])
+  elseif holder ~= token then
+    return refuse(1)
+  elseif op == 'drop' then
+    redis.call('DEL', KEYS[4])
+    redis.call('ZREM', KEYS[5], ARGV[3])
   end
 end
-local i = 5
-local nfields = tonumber(ARGV[4])
+local i = 8
+local nfields = tonumber(ARGV[7])
 if nfields > 0 then
   local pairs = {}
   for j = 0, nfields * 2 - 1 do pairs[#pairs + 1] = ARGV[i + j] end
@@ -76,13 +100,36 @@ for j = 1, nevents do
   redis.call('XADD', KEYS[2], '0-' .. n, 'e', ARGV[i], 'd', ARGV[i + 1])
   i = i + 2
 end
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[3], ARGV[3]) end
+local queued = redis.call('HGET', KEYS[1], 'status') == 'queued'
+if queued then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[3], 'NX', tonumber(t[1]) * 1000, ARGV[3])
+else
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
 if tonumber(ARGV[1]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('EXPIRE', KEYS[2], ARGV[1])
 end
 return {1, redis.call('HGET', KEYS[1], 'status'), n,
-        redis.call('HGET', KEYS[1], 'cancel') or ''}
+        redis.call('HGET', KEYS[1], 'cancel') or '', 0}
+"""
+
+# KEYS: lease, running zset. ARGV: token, lease ms, job id.
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[3])
+return 1
+"""
+
+# KEYS: running zset. Returns the ids whose lease expiry has passed.
+_EXPIRED = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
 """
 
 _JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
@@ -101,6 +148,7 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    deadline_at: float | None
     attempts: int
     request: dict[str, Any]
     result: dict[str, Any] | None
@@ -122,6 +170,7 @@ class Transition:
     status: str
     last_event_id: int
     cancel_requested: bool
+    lease_lost: bool = False
 
 
 def _decode(raw: dict[bytes, bytes]) -> JobRecord:
@@ -143,6 +192,7 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
         created_at=float(f["created_at"]),
         started_at=num("started_at"),
         finished_at=num("finished_at"),
+        deadline_at=num("deadline_at"),
         attempts=int(f.get("attempts") or 0),
         request=loaded["request"] or {},
         result=loaded["result"],
@@ -171,6 +221,8 @@ class JobStore:
         self.ttl_seconds = ttl_seconds
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
+        self._renew = client.register_script(_RENEW)
+        self._expired = client.register_script(_EXPIRED)
 
     def create(
         self, fields: dict[str, Any], idempotency: tuple[str, str] | None = None
@@ -218,33 +270,44 @@ class JobStore:
         expected: tuple[str, ...] = (),
         fields: dict[str, Any] | None = None,
         events: Sequence[tuple[str, str]] = (),
-        dequeue: bool = False,
+        lease: tuple[str, str] | None = None,
+        lease_seconds: float = 0,
         refresh_ttl: bool = False,
     ) -> Transition:
-        """Atomically check the status, update fields and append events.
+        """Atomically check status and lease, update fields and append events.
 
         Args:
             expected: statuses the job must be in for anything to happen.
             events: ``(type, JSON data)`` pairs appended in order.
-            dequeue: remove the job from its queue's waiting set.
+            lease: ``(op, run token)``: ``take``, ``hold``, ``drop`` or ``orphan``.
+            lease_seconds: the lease's life when taken.
             refresh_ttl: restart the record's and log's time to live.
+
+        A job left ``queued`` is (re)entered in its queue's waiting set; any
+        other status takes it out.
         """
+        op, token = lease or ("", "")
         flat = encode_fields(fields or {})
         args: list[Any] = [
             self.ttl_seconds if refresh_ttl else 0,
             ",".join(expected),
-            job.id if dequeue else "",
+            job.id,
+            op,
+            token,
+            int(lease_seconds * 1000),
             len(flat) // 2,
             *flat,
             len(events),
         ]
         for event_type, data in events:
             args += [event_type, data]
-        applied, status, last, cancel = self._transition(
+        applied, status, last, cancel, lost = self._transition(
             keys=[
                 keys.job_key(job.id),
                 keys.events_key(job.id),
                 keys.queued_key(job.priority),
+                keys.lease_key(job.id),
+                keys.RUNNING_KEY,
             ],
             args=args,
         )
@@ -253,7 +316,25 @@ class JobStore:
             status=status.decode() if isinstance(status, bytes) else str(status),
             last_event_id=int(last),
             cancel_requested=cancel in (b"1", "1"),
+            lease_lost=bool(lost),
         )
+
+    def renew(self, job_id: str, token: str, lease_seconds: float) -> bool:
+        """Extend a lease this run holds; False if it no longer holds it."""
+        held = self._renew(
+            keys=[keys.lease_key(job_id), keys.RUNNING_KEY],
+            args=[token, int(lease_seconds * 1000), job_id],
+        )
+        return bool(held)
+
+    def expired_leases(self) -> list[str]:
+        """Ids of running jobs whose lease has lapsed (their worker is gone)."""
+        ids = cast(list[bytes], self._expired(keys=[keys.RUNNING_KEY]))
+        return [i.decode() for i in ids]
+
+    def forget_running(self, job_id: str) -> None:
+        """Drop a job from the running set (it is no longer running)."""
+        self.redis.zrem(keys.RUNNING_KEY, job_id)
 
     def queue_position(self, job: JobRecord) -> int | None:
         """1-based place of a queued job among those waiting on its queue."""

@@ -156,6 +156,7 @@ providers:
     base_url: {upstream_url}/v1
     api_key_env: FAKE_PROVIDER_KEY
     timeouts: {{connect: 2, first_token: 3, idle: 3, total: 30}}
+    retry: {{max_retries: 2, base_delay: 0.1, max_delay: 0.5}}
   fake2:
     kind: openai
     base_url: {upstream_url}/v1

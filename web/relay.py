@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 from flask import g, request
@@ -17,6 +18,9 @@ from web.context import services
 RESULT_WAIT_SECONDS = 900.0
 #: Events that end the wait for a stream's first output.
 _FIRST_OUTPUT = frozenset({"delta", "error", "done"})
+#: Longest a stream's response is held back waiting for its first output, so a
+#: job that fails during its retries still gets a proper HTTP error status.
+FIRST_OUTPUT_WAIT_SECONDS = 30.0
 
 
 def submitted(job: JobRecord) -> JobRecord:
@@ -53,9 +57,14 @@ def follow_from_first_output(job: JobRecord) -> Iterator[Event | None]:
     svc = services()
     events = svc.jobs.follow(job, 0, svc.settings.sse_keepalive_seconds)
     head: list[Event | None] = []
+    give_up = time.monotonic() + FIRST_OUTPUT_WAIT_SECONDS
     for event in events:
-        head.append(event)
-        if event is None or event.type in _FIRST_OUTPUT:
+        if event is not None:
+            head.append(event)
+        if event is not None and event.type in _FIRST_OUTPUT:
+            break
+        if time.monotonic() > give_up:
+            head.append(None)
             break
     last = head[-1] if head else None
     if last is not None and last.type == "error":

@@ -1,38 +1,68 @@
-"""Celery tasks: thin wrappers that hand a job id to the JobRunner."""
+"""Celery tasks and worker signals: thin wrappers around JobRunner and Supervisor."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from typing import Any
 
-from celery import shared_task
+from celery import current_app, shared_task
+from celery.signals import worker_ready, worker_shutting_down
 
 from common.cancel import CancelRegistry
-from common.queues import TASK_RUN_JOB
+from common.limits import Limiter
+from common.queues import TASK_RUN_JOB, Priority
 from common.redis_client import connect
 from common.runner import JobRunner
 from common.storage import JobStore
+from common.supervisor import Supervisor
 from workers.celery_app import LlmqCelery
 
-_runner: JobRunner | None = None
-_runner_lock = threading.Lock()
+log = logging.getLogger(__name__)
+
+_supervisor: Supervisor | None = None
+_lock = threading.Lock()
 
 
-def _runner_for(app: LlmqCelery) -> JobRunner:
-    """This process's JobRunner, built on first use (after the pool forked)."""
-    global _runner
-    with _runner_lock:
-        if _runner is None:
+def _supervisor_for(app: LlmqCelery) -> Supervisor:
+    """This process's runner and its supervisor, built on first use."""
+    global _supervisor
+    with _lock:
+        if _supervisor is None:
             settings = app.llmq_settings
             client = connect(settings.redis_url, settings.redis_timeout_seconds)
-            _runner = JobRunner(
+
+            def enqueue(job_id: str, priority: Priority) -> None:
+                app.send_task(TASK_RUN_JOB, args=[job_id], queue=priority)
+
+            runner = JobRunner(
                 JobStore(client, settings.job_ttl_seconds),
                 settings.catalog,
                 CancelRegistry(client),
+                Limiter(client),
+                enqueue,
+                settings.lease_seconds,
             )
-        return _runner
+            _supervisor = Supervisor(runner)
+            _supervisor.start()
+        return _supervisor
+
+
+@worker_ready.connect
+def _on_ready(**_: Any) -> None:
+    # Start the reaper even if this worker never gets a task.
+    _supervisor_for(current_app)
+
+
+@worker_shutting_down.connect
+def _on_shutdown(**_: Any) -> None:
+    if _supervisor is not None:
+        grace = current_app.llmq_settings.worker_grace_seconds
+        log.info("worker stopping: running jobs get %.0f s to finish", grace)
+        _supervisor.shutdown(grace)
 
 
 @shared_task(name=TASK_RUN_JOB, bind=True, ignore_result=True)
 def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     """Run one job to a terminal state; safe to run again for the same id."""
-    _runner_for(self.app).run(job_id)
+    _supervisor_for(self.app).runner.run(job_id)
