@@ -74,6 +74,9 @@ class KeyIdentity:
     id: str
     name: str
     models: tuple[str, ...] | None
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
 
 
 def digest(raw_key: str) -> str:
@@ -144,5 +147,10 @@ class KeyStore:
             if row.expires_at is not None and row.expires_at <= _utcnow():
                 return None
             return KeyIdentity(
-                row.id, row.name, tuple(row.models) if row.models else None
+                row.id,
+                row.name,
+                tuple(row.models) if row.models else None,
+                row.rpm,
+                row.tpm,
+                row.concurrency,
             )

@@ -10,6 +10,7 @@
     ├── UnauthorizedError             401 unauthorized
     ├── ForbiddenError                403 forbidden
     ├── NotFoundError                 404 not_found
+    ├── RateLimitedError              429 rate_limited (a key's rpm/tpm/concurrency)
     ├── ConflictError                 409 conflict
     ├── JobCancelledError             409 cancelled (a waited-on job was cancelled)
     ├── UnavailableError              503 unavailable (Redis or the database)
@@ -113,6 +114,23 @@ class ForbiddenError(GatewayError):
 class NotFoundError(GatewayError):
     code = "not_found"
     status = 404
+
+
+class RateLimitedError(GatewayError):
+    code = "rate_limited"
+    status = 429
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class ConflictError(GatewayError):

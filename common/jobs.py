@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from common.apikeys import KeyIdentity
@@ -17,13 +18,19 @@ from common.errors import (
     ForbiddenError,
     InvalidModelError,
     NotFoundError,
+    RateLimitedError,
     UnavailableError,
 )
 from common.eventlog import Event, EventLog
 from common.keys import idempotency_key
+from common.limits import Admission, Limiter, Rate
 from common.queues import Priority
 from common.schemas import ChatRequest
 from common.storage import JobRecord, JobStore, Transition, now
+from common.tokens import estimate_request_tokens
+
+#: Longest a key's concurrency slot is held without its job ending (a backstop).
+KEY_SLOT_HOLD_SECONDS = 24 * 3600
 
 
 def dumps(value: Any) -> str:
@@ -79,8 +86,24 @@ def job_object(job: JobRecord, queue_position: int | None = None) -> dict[str, A
     return obj
 
 
+def key_rates(caller: KeyIdentity, tokens: int) -> list[tuple[Rate, int]]:
+    """The per-key rate limits a request of ``tokens`` tokens counts against."""
+    rates = []
+    if caller.rpm:
+        rates.append((Rate(f"key:{caller.id}", "rpm", caller.rpm), 1))
+    if caller.tpm:
+        rates.append((Rate(f"key:{caller.id}", "tpm", caller.tpm), tokens))
+    return rates
+
+
+def key_slot(owner: str) -> str:
+    """The concurrency scope of one API key: a slot per unfinished job."""
+    return f"key:{owner}"
+
+
 def finish_job(
     store: JobStore,
+    limiter: Limiter,
     job: JobRecord,
     status: str,
     *,
@@ -105,7 +128,45 @@ def finish_job(
         lease=lease,
         refresh_ttl=True,
     )
+    if done.applied:
+        limiter.release_slots(job.id, [key_slot(job.owner)])
+        if job.key_tpm and job.tpm_estimate:
+            used = int((final.usage or {}).get("total_tokens", 0))
+            rate = Rate(f"key:{job.owner}", "tpm", job.key_tpm)
+            limiter.settle(rate, used - job.tpm_estimate)
     return final, done
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submitted (or idempotently replayed) job and the key's rate-limit state."""
+
+    job: JobRecord
+    admission: Admission
+
+
+def rate_limit_headers(caller: KeyIdentity, admission: Admission) -> dict[str, str]:
+    """OpenAI's ``x-ratelimit-*`` headers for a key's limits."""
+    headers = {}
+    for unit, limit, name in (
+        ("rpm", caller.rpm, "requests"),
+        ("tpm", caller.tpm, "tokens"),
+    ):
+        if limit and unit in admission.remaining:
+            headers[f"x-ratelimit-limit-{name}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{name}"] = str(admission.remaining[unit])
+            headers[f"x-ratelimit-reset-{name}"] = duration(
+                admission.reset_seconds[unit]
+            )
+    return headers
+
+
+def duration(seconds: float) -> str:
+    """A duration as OpenAI writes it in rate-limit headers: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    minutes, rest = divmod(round(seconds, 3), 60)
+    return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
 
 
 class JobService:
@@ -116,11 +177,13 @@ class JobService:
         store: JobStore,
         events: EventLog,
         catalog: Catalog,
+        limiter: Limiter,
         enqueue: Callable[[str, Priority], None],
     ) -> None:
         self.store = store
         self.events = events
         self.catalog = catalog
+        self.limiter = limiter
         self.enqueue = enqueue
 
     def submit(
@@ -132,16 +195,26 @@ class JobService:
         priority: Priority = "interactive",
         metadata: dict[str, Any] | None = None,
         idempotency: str | None = None,
-    ) -> JobRecord:
-        """Validate against the catalog, store the job and enqueue it.
+    ) -> Submission:
+        """Validate, admit under the key's limits, store the job and enqueue it.
 
         Raises:
+            RateLimitedError: the key's rpm, tpm or concurrency is used up.
             ConflictError: ``idempotency`` was used with a different body.
             UnavailableError: the broker refused the task (the job is failed).
         """
         model = resolve_model(self.catalog, caller, request.model, provider)
         body = request.upstream_body()
+        tokens = estimate_request_tokens(body)
+        admission = self._admit(caller, tokens)
         job_id = new_job_id()
+        slot = [(key_slot(caller.id), caller.concurrency)] if caller.concurrency else []
+        if not self.limiter.acquire_slots(job_id, slot, KEY_SLOT_HOLD_SECONDS):
+            raise RateLimitedError(
+                f"this key already has {caller.concurrency} unfinished jobs",
+                retry_after=1,
+                headers=rate_limit_headers(caller, admission),
+            )
         fields = {
             "id": job_id,
             "owner": caller.id,
@@ -153,26 +226,42 @@ class JobService:
             "attempts": 0,
             "request": body,
             "metadata": metadata,
+            "key_tpm": caller.tpm,
+            "tpm_estimate": tokens if caller.tpm else None,
         }
         claim = None
         if idempotency:
             digest = hashlib.sha256(
                 dumps([model.id, model.provider, priority, metadata, body]).encode()
             ).hexdigest()
-            claim = (
-                idempotency_key(caller.id, idempotency),
-                f"{digest} {job_id}",
-            )
+            claim = (idempotency_key(caller.id, idempotency), f"{digest} {job_id}")
         prior = self.store.create(fields, claim)
         if prior is not None:
-            return self._replay(caller, prior, claim)
+            self.limiter.release_slots(job_id, [key_slot(caller.id)])
+            return Submission(self._replay(caller, prior, claim), admission)
         job = self.store.get(job_id)
         assert job is not None
+        self._enqueue(job)
+        return Submission(job, admission)
+
+    def _admit(self, caller: KeyIdentity, tokens: int) -> Admission:
+        admission = self.limiter.admit(key_rates(caller, tokens))
+        if not admission.admitted:
+            raise RateLimitedError(
+                "rate limit reached for this key; retry after "
+                f"{admission.retry_after_seconds:.1f} s",
+                retry_after=admission.retry_after_seconds,
+                headers=rate_limit_headers(caller, admission),
+            )
+        return admission
+
+    def _enqueue(self, job: JobRecord) -> None:
         try:
-            self.enqueue(job.id, priority)
+            self.enqueue(job.id, job.priority)  # type: ignore[arg-type]
         except UnavailableError as exc:
             finish_job(
                 self.store,
+                self.limiter,
                 job,
                 "failed",
                 expected=("queued",),
@@ -180,7 +269,6 @@ class JobService:
                 events=[("error", dumps(exc.to_dict()))],
             )
             raise
-        return job
 
     def _replay(
         self, caller: KeyIdentity, prior: str, claim: tuple[str, str] | None
@@ -240,6 +328,7 @@ class JobService:
     def _cancel_queued(self, job: JobRecord) -> JobRecord | None:
         final, done = finish_job(
             self.store,
+            self.limiter,
             job,
             "cancelled",
             expected=("queued",),

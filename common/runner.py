@@ -33,12 +33,10 @@ from common.providers import build_provider
 from common.providers.base import Provider
 from common.queues import Priority
 from common.storage import JobRecord, JobStore, now
-from common.tokens import estimate_prompt_tokens
+from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
 log = logging.getLogger(__name__)
 
-#: Completion tokens assumed for a tpm reservation when max_tokens is not given.
-DEFAULT_COMPLETION_ESTIMATE_TOKENS = 512
 #: Longest pause between two tries for a free concurrency slot.
 SLOT_POLL_MAX_SECONDS = 1.0
 
@@ -221,10 +219,7 @@ class JobRunner:
         """One upstream call under the model's limits, relaying each chunk."""
         self._count_attempt(job, run, model)
         prompt = estimate_prompt_tokens(job.request.get("messages", []))
-        limit = job.request.get("max_completion_tokens") or job.request.get(
-            "max_tokens"
-        )
-        estimate = prompt + int(limit or DEFAULT_COMPLETION_ESTIMATE_TOKENS)
+        estimate = estimate_request_tokens(job.request)
         rates = self._rates(model, estimate)
         if not self._wait_for_limits(job, run, model, rates):
             return
@@ -362,6 +357,7 @@ class JobRunner:
             events.append(("status", dumps({"status": "cancelled"})))
         finish_job(
             self.store,
+            self.limiter,
             job,
             status,
             expected=("running",),

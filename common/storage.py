@@ -156,6 +156,8 @@ class JobRecord:
     usage: dict[str, Any] | None
     metadata: dict[str, Any] | None
     cancel_requested: bool
+    key_tpm: int | None = None
+    tpm_estimate: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -200,6 +202,8 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
         usage=loaded["usage"],
         metadata=loaded["metadata"],
         cancel_requested=f.get("cancel") == "1",
+        key_tpm=int(f["key_tpm"]) if f.get("key_tpm") else None,
+        tpm_estimate=int(f["tpm_estimate"]) if f.get("tpm_estimate") else None,
     )
 
 

@@ -76,6 +76,7 @@ class Supervisor:
                 error = ProviderTimeoutError(f"job {job.id} passed its deadline")
                 finish_job(
                     store,
+                    self.runner.limiter,
                     job,
                     "failed",
                     expected=("running",),

@@ -7,6 +7,8 @@ from typing import Any
 
 #: Per-message framing tokens in OpenAI's chat format.
 MESSAGE_OVERHEAD_TOKENS = 4
+#: Completion tokens assumed for a tpm budget when max_tokens is not given.
+DEFAULT_COMPLETION_ESTIMATE_TOKENS = 512
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -33,3 +35,10 @@ def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
         MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(_content_text(m.get("content")))
         for m in messages
     )
+
+
+def estimate_request_tokens(body: dict[str, Any]) -> int:
+    """Worst-case tokens of a chat request: its prompt plus the completion it allows."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    prompt = estimate_prompt_tokens(body.get("messages", []))
+    return prompt + int(limit or DEFAULT_COMPLETION_ESTIMATE_TOKENS)

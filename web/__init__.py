@@ -16,6 +16,7 @@ from common.db import create_schema, make_engine
 from common.errors import UnavailableError
 from common.eventlog import EventLog
 from common.jobs import JobService
+from common.limits import Limiter
 from common.queues import TASK_RUN_JOB, Priority
 from common.redis_client import connect, connect_blocking
 from common.storage import JobStore
@@ -47,6 +48,7 @@ def _services(settings: Settings) -> Services:
         JobStore(client, settings.job_ttl_seconds),
         EventLog(client, blocking, settings.sse_keepalive_seconds),
         settings.catalog,
+        Limiter(client),
         enqueue,
     )
     return Services(settings, client, jobs_service, KeyStore(engine))
@@ -74,10 +76,12 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.cli.add_command(keys_cli)
 
     @app.after_request
-    def _job_header(response: Response) -> Response:
+    def _job_headers(response: Response) -> Response:
         job_id = g.get("job_id")
         if job_id:
             response.headers.setdefault("X-Job-Id", job_id)
+        for name, value in g.get("rate_headers", {}).items():
+            response.headers.setdefault(name, value)
         return response
 
     return app

@@ -7,6 +7,7 @@ OpenAI-style routes answer ``{"error": {...}}``; envelope routes (``/api/``,
 from __future__ import annotations
 
 import logging
+import math
 
 import redis
 from flask import Flask, Response, jsonify, request
@@ -22,6 +23,7 @@ from common.errors import (
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     UnavailableError,
 )
 from common.schemas import to_gateway_error
@@ -70,7 +72,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(GatewayError)
     def _gateway(exc: GatewayError) -> Response:
-        return error_response(exc)
+        response = error_response(exc)
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+            response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

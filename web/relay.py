@@ -10,6 +10,7 @@ from flask import g, request
 
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
 from common.eventlog import Event
+from common.jobs import Submission, rate_limit_headers
 from common.storage import JobRecord
 from web import auth
 from web.context import services
@@ -23,10 +24,11 @@ _FIRST_OUTPUT = frozenset({"delta", "error", "done"})
 FIRST_OUTPUT_WAIT_SECONDS = 30.0
 
 
-def submitted(job: JobRecord) -> JobRecord:
-    """Note the job id so every answer, errors included, carries ``X-Job-Id``."""
-    g.job_id = job.id
-    return job
+def submitted(submission: Submission) -> JobRecord:
+    """Note the job id and the key's rate-limit state for the answer's headers."""
+    g.job_id = submission.job.id
+    g.rate_headers = rate_limit_headers(auth.caller(), submission.admission)
+    return submission.job
 
 
 def raise_for_job(job: JobRecord) -> None:
