@@ -160,6 +160,25 @@ providers:
   fake2:
     kind: openai
     base_url: {upstream_url}/v1
+  limited:
+    kind: openai
+    base_url: {upstream_url}/v1
+    limits: {{rpm: 600}}
+    retry: {{max_retries: 0}}
+  narrow:
+    kind: openai
+    base_url: {upstream_url}/v1
+    limits: {{concurrency: 2}}
+  hasty:
+    kind: openai
+    base_url: {upstream_url}/v1
+    timeouts: {{connect: 1, first_token: 1, idle: 1, total: 2.5}}
+    retry: {{max_retries: 5, base_delay: 0.1, max_delay: 0.2}}
+  brief:
+    kind: openai
+    base_url: {upstream_url}/v1
+    timeouts: {{connect: 1, first_token: 30, idle: 30, total: 1.5}}
+    retry: {{max_retries: 0}}
   patient:
     kind: openai
     base_url: {upstream_url}/v1
@@ -187,6 +206,17 @@ models:
     provider: fake2
   - id: patient-model
     provider: patient
+  - id: brief-model
+    provider: brief
+  - id: limited-model
+    provider: limited
+  - id: narrow-model
+    provider: narrow
+  - id: hasty-model
+    provider: hasty
+  - id: fallback-model
+    provider: fake
+    fallbacks: [sim-model]
   - id: sim-model
     provider: sim
   - id: embed-model

@@ -6,13 +6,15 @@ unknown fields through), so tests need no shared state:
     tokens       how many content tokens to stream (default 5)
     delay        seconds between tokens; first_delay before the first
     status       answer this HTTP status with an OpenAI error body (429: Retry-After)
+    fail_first   with status: fail only the first N requests of the tag, then stream
     hang         seconds to sleep before answering anything
     cut_after    close the connection after this many tokens (no [DONE])
     tool_call    stream a tool call instead of text
     usage        false: send no usage chunk
     json         answer one JSON completion even though stream was asked
     crlf, comments, split_data, error_after   SSE format variations
-    tag          remember progress under this name, served at GET /_stats/<tag>
+    tag          remember progress under this name, served at GET /_stats/<tag>:
+                 requests (count), times (arrival of each), inflight, max_inflight
 
 ``GET /_requests/<tag>`` returns the last request body seen with that tag.
 """
@@ -81,20 +83,35 @@ class Handler(BaseHTTPRequestHandler):
         )
         fake = body.get("fake") or {}
         tag = fake.get("tag")
+        seen = 0
         if tag:
             with _lock:
                 _bodies[tag] = {
                     **body,
                     "_authorization": self.headers.get("Authorization"),
                 }
-                _stats[tag] = {
-                    "tokens_sent": 0,
-                    "disconnected_at": None,
-                    "finished": False,
-                }
+                stats = _stats.setdefault(
+                    tag, {"requests": 0, "times": [], "inflight": 0, "max_inflight": 0}
+                )
+                stats.update(tokens_sent=0, disconnected_at=None, finished=False)
+                stats["requests"] += 1
+                stats["times"].append(time.time())
+                stats["inflight"] += 1
+                stats["max_inflight"] = max(stats["max_inflight"], stats["inflight"])
+                seen = stats["requests"]
+        try:
+            self._answer(body, fake, tag, seen)
+        finally:
+            if tag:
+                with _lock:
+                    _stats[tag]["inflight"] -= 1
+
+    def _answer(
+        self, body: dict[str, Any], fake: dict[str, Any], tag: str | None, seen: int
+    ) -> None:
         if fake.get("hang"):
             time.sleep(float(fake["hang"]))
-        if fake.get("status"):
+        if fake.get("status") and seen <= int(fake.get("fail_first", 10**9)):
             headers = {"Retry-After": "1"} if fake["status"] == 429 else {}
             return self._json(
                 int(fake["status"]),
