@@ -75,6 +75,23 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _check_visibility(settings: Settings) -> Settings:
+    """The broker must not redeliver a task while its job may still be running."""
+    catalog = settings.catalog
+    longest = max(
+        [p.timeouts.total for p in catalog.providers.values()]
+        + [m.timeouts.total for m in catalog.models if m.timeouts],
+        default=0.0,
+    )
+    if settings.visibility_timeout_seconds <= longest + settings.worker_grace_seconds:
+        raise ConfigError(
+            "LLMQ_VISIBILITY_TIMEOUT_SECONDS must exceed the longest total timeout "
+            f"in the catalog plus the worker grace period ({longest:.0f} s + "
+            f"{settings.worker_grace_seconds:.0f} s)"
+        )
+    return settings
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from ``environ`` (default: the process environment).
 
@@ -84,7 +101,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """
     env = os.environ if environ is None else environ
     catalog_path = Path(env.get("LLMQ_CATALOG") or DEFAULT_CATALOG_PATH)
-    return Settings(
+    settings = Settings(
         catalog=load_catalog(catalog_path, env),
         redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
         database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
@@ -113,3 +130,4 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "LLMQ_WORKER_GRACE_SECONDS", DEFAULT_WORKER_GRACE_SECONDS
         ),
     )
+    return _check_visibility(settings)

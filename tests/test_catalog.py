@@ -431,3 +431,18 @@ def test_settings_with_missing_catalog_raise_catalog_error(tmp_path: Path) -> No
 def test_settings_without_llmq_catalog_use_the_shipped_catalog() -> None:
     settings = load_settings({})
     assert "demo-chat" in ids(settings.catalog.enabled_models())
+
+
+def test_a_visibility_timeout_shorter_than_the_longest_job_is_refused(
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "providers:\n  sim:\n    kind: simulated\n    timeouts: {total: 600}\n"
+        "models:\n  - {id: m, provider: sim}\n",
+        encoding="utf-8",
+    )
+    env = {"LLMQ_CATALOG": str(catalog), "LLMQ_WORKER_GRACE_SECONDS": "30"}
+    with pytest.raises(ConfigError, match="VISIBILITY"):
+        load_settings({**env, "LLMQ_VISIBILITY_TIMEOUT_SECONDS": "600"})
+    assert load_settings({**env, "LLMQ_VISIBILITY_TIMEOUT_SECONDS": "700"})

@@ -217,8 +217,8 @@ def test_a_600_rpm_provider_limit_holds_across_three_workers(
     assert len(times) == count
     rate = (count - 1) / (times[-1] - times[0]) * 60
     assert 570 <= rate <= 630, f"{rate:.0f} requests per minute"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) > 0.05, "no bursts: requests are spaced by the limit"
+    busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
+    assert busiest <= 11, "no bursts: at most 10 a second (+1 for jitter)"
     assert any(s.get("waiting") == "rate_limit" for s in statuses(stack, auth, ids[-1]))
 
 

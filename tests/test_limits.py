@@ -1,0 +1,81 @@
+"""The Redis limiter scripts, against the private redis-server (no workers needed)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis
+
+from common.limits import TPM_BURST_SECONDS, Limiter, Rate
+from tests.conftest import RedisServer
+
+
+@pytest.fixture
+def limiter(redis_server: RedisServer) -> Limiter:
+    return Limiter(redis.Redis.from_url(redis_server.url))
+
+
+def scope() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+def test_rpm_reservations_are_spaced_evenly_with_no_burst(limiter: Limiter) -> None:
+    rpm = Rate(scope(), "rpm", 600)
+    waits = [limiter.reserve([(rpm, 1)]) for _ in range(5)]
+    assert waits[0] == 0
+    for i, wait in enumerate(waits):
+        assert wait == pytest.approx(i * 0.1, abs=0.02)
+
+
+def test_tpm_allows_a_burst_then_charges_tokens(limiter: Limiter) -> None:
+    tpm = Rate(scope(), "tpm", 60_000)  # 1,000 tokens a second
+    burst = int(TPM_BURST_SECONDS)  # seconds of tokens that may go at once
+    waits = [limiter.reserve([(tpm, 1000)]) for _ in range(burst + 3)]
+    assert waits[: burst + 1] == [0.0] * (burst + 1)
+    assert waits[burst + 1] == pytest.approx(1.0, abs=0.05)
+    assert waits[burst + 2] == pytest.approx(2.0, abs=0.05)
+
+
+def test_settling_unused_tokens_gives_the_time_back(limiter: Limiter) -> None:
+    tpm = Rate(scope(), "tpm", 60_000)
+    for _ in range(int(TPM_BURST_SECONDS) + 1):
+        limiter.reserve([(tpm, 1000)])
+    assert limiter.reserve([(tpm, 1000)]) > 0.9
+    limiter.settle(tpm, -5000)
+    assert limiter.reserve([(tpm, 1000)]) == 0.0
+
+
+def test_several_limits_are_reserved_together(limiter: Limiter) -> None:
+    fast, slow = Rate(scope(), "rpm", 6000), Rate(scope(), "rpm", 600)
+    limiter.reserve([(fast, 1), (slow, 1)])
+    # The slower limit decides, and both move on.
+    assert limiter.reserve([(fast, 1), (slow, 1)]) == pytest.approx(0.1, abs=0.02)
+    assert limiter.reserve([(fast, 1)]) == pytest.approx(0.11, abs=0.02)
+
+
+def test_admission_allows_a_minute_of_requests_then_denies(limiter: Limiter) -> None:
+    rpm = Rate(scope(), "rpm", 3)
+    answers = [limiter.admit([(rpm, 1)]) for _ in range(4)]
+    assert [a.admitted for a in answers] == [True, True, True, False]
+    assert [a.remaining["rpm"] for a in answers[:3]] == [2, 1, 0]
+    assert answers[3].retry_after_seconds == pytest.approx(20, abs=0.1)
+    assert answers[2].reset_seconds["rpm"] == pytest.approx(60, abs=0.1)
+
+
+def test_a_denied_admission_uses_up_nothing(limiter: Limiter) -> None:
+    rpm, tpm = Rate(scope(), "rpm", 100), Rate(scope(), "tpm", 1000)
+    assert not limiter.admit([(rpm, 1), (tpm, 1500)]).admitted
+    assert limiter.admit([(rpm, 1)]).remaining["rpm"] == 99
+
+
+def test_slots_are_all_or_nothing_and_free_themselves(limiter: Limiter) -> None:
+    a, b = scope(), scope()
+    assert limiter.acquire_slots("job1", [(a, 1), (b, 2)], 0.3)
+    assert not limiter.acquire_slots("job2", [(a, 1), (b, 2)], 0.3)
+    assert limiter.acquire_slots("job3", [(b, 2)], 0.3), "b was not taken by job2"
+    time.sleep(0.35)  # nobody renewed: the holders' slots lapse
+    assert limiter.acquire_slots("job2", [(a, 1), (b, 2)], 5)
+    limiter.release_slots("job2", [a, b])
+    assert limiter.acquire_slots("job4", [(a, 1)], 5)
