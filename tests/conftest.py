@@ -6,6 +6,7 @@ Procfile starts them (gunicorn with gevent workers, Celery with the gevent pool)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -309,6 +310,27 @@ def start_worker(
         f"the Celery worker (see {log})",
     )
     return proc
+
+
+@contextlib.contextmanager
+def web_on_own_redis(
+    name: str,
+    catalog: Path,
+    logdir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    **settings: str,
+) -> Iterator[tuple[Stack, RedisServer]]:
+    """A web process on a Redis of its own (that tests may stop), with no worker."""
+    server = RedisServer(tmp_path_factory.mktemp(f"{name}-redis"))
+    server.start()
+    db = tmp_path_factory.mktemp(f"{name}-db") / "llmq.sqlite3"
+    env = {**base_env(server.url, catalog, f"sqlite:///{db}"), **settings}
+    url, web = start_web(env, logdir, f"{name}-web")
+    try:
+        yield Stack(url, env, server.url), server
+    finally:
+        stop_process(web)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,11 @@ from common.queues import TASK_RUN_JOB
 from tests.conftest import (
     RedisServer,
     Stack,
-    base_env,
     chat_body,
     sse_events,
-    start_web,
     start_worker,
-    stop_process,
     wait_until,
+    web_on_own_redis,
 )
 from workers.celery_app import make_celery
 
@@ -38,15 +37,14 @@ def crash(
     catalog_path: Path, logdir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, RedisServer]]:
     """Web on its own Redis; each test starts (and kills) its own workers."""
-    server = RedisServer(tmp_path_factory.mktemp("crash-redis"))
-    server.start()
-    db = tmp_path_factory.mktemp("crash-db") / "llmq.sqlite3"
-    env = base_env(server.url, catalog_path, f"sqlite:///{db}")
-    env["LLMQ_LEASE_SECONDS"] = str(LEASE_SECONDS)
-    url, web = start_web(env, logdir, "crash-web")
-    yield Stack(url, env, server.url), server
-    stop_process(web)
-    server.stop()
+    with web_on_own_redis(
+        "crash",
+        catalog_path,
+        logdir,
+        tmp_path_factory,
+        LLMQ_LEASE_SECONDS=str(LEASE_SECONDS),
+    ) as stack:
+        yield stack
 
 
 class Workers:
@@ -120,7 +118,9 @@ def test_sigkill_under_50_running_jobs_loses_none(
     stack, _ = crash
     auth = {"Authorization": f"Bearer {stack.key()}"}
     doomed = workers.start()
-    ids = [submit(stack, auth, fake={"tokens": 20, "delay": 0.1}) for _ in range(50)]
+    body = {"fake": {"tokens": 60, "delay": 0.1}}  # 6 s each: all run at once
+    with ThreadPoolExecutor(10) as pool:
+        ids = list(pool.map(lambda _: submit(stack, auth, **body), range(50)))
     wait_until(
         lambda: all(job_of(stack, auth, i)["status"] == "running" for i in ids),
         20,
@@ -133,7 +133,7 @@ def test_sigkill_under_50_running_jobs_loses_none(
     assert [j["status"] for j in jobs] == ["succeeded"] * 50
     for job in jobs:
         assert job["result"]["choices"][0]["message"]["content"] == "".join(
-            f"tok{i} " for i in range(20)
+            f"tok{i} " for i in range(60)
         )
         assert job["attempts"] >= 2
         log = event_log(stack, auth, job["id"])

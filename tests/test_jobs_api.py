@@ -95,11 +95,17 @@ def test_wait_holds_until_the_job_ends(stack: Stack, auth: dict[str, str]) -> No
 def test_wait_returns_after_n_seconds_if_the_job_runs_on(
     stack: Stack, auth: dict[str, str]
 ) -> None:
-    job = submit(stack, auth, fake={"tokens": 30, "delay": 0.1})
+    job = submit(stack, auth, fake={"tokens": 60, "delay": 0.1})
+    url = f"{stack.url}/v1/jobs/{job['id']}"
+    wait_until(
+        lambda: (
+            requests.get(url, headers=auth, timeout=10).json()["status"] == "running"
+        ),
+        10,
+        "the job to start",
+    )
     start = time.monotonic()
-    seen = requests.get(
-        f"{stack.url}/v1/jobs/{job['id']}?wait=1", headers=auth, timeout=10
-    ).json()
+    seen = requests.get(f"{url}?wait=1", headers=auth, timeout=10).json()
     assert 0.9 <= time.monotonic() - start < 3
     assert seen["status"] == "running"
 

@@ -14,11 +14,9 @@ import requests
 from tests.conftest import (
     RedisServer,
     Stack,
-    base_env,
     chat_body,
     sse_events,
-    start_web,
-    stop_process,
+    web_on_own_redis,
 )
 
 #: A configured job TTL, to see that the setting reaches Redis.
@@ -30,15 +28,14 @@ def idle(
     catalog_path: Path, logdir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Stack, RedisServer]]:
     """Web on its own Redis with no worker, so nothing leaves the queue."""
-    server = RedisServer(tmp_path_factory.mktemp("idle-redis"))
-    server.start()
-    db = tmp_path_factory.mktemp("idle-db") / "llmq.sqlite3"
-    env = base_env(server.url, catalog_path, f"sqlite:///{db}")
-    env["LLMQ_JOB_TTL_SECONDS"] = str(IDLE_TTL_SECONDS)
-    url, web = start_web(env, logdir, "idle-web")
-    yield Stack(url, env, server.url), server
-    stop_process(web)
-    server.stop()
+    with web_on_own_redis(
+        "idle",
+        catalog_path,
+        logdir,
+        tmp_path_factory,
+        LLMQ_JOB_TTL_SECONDS=str(IDLE_TTL_SECONDS),
+    ) as stack:
+        yield stack
 
 
 def test_queued_jobs_report_their_queue_position(
