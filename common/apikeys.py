@@ -1,7 +1,10 @@
 """API keys: created once and shown once, stored as SHA-256 digests.
 
 Keys are 256-bit random tokens, so a fast digest is as safe as a slow one and
-lets every request be checked with one indexed lookup.
+lets every request be checked with one indexed lookup. Each process caches the
+keys it has seen; an entry holds only while the generation counter in Redis is
+unchanged, and every revocation bumps it, so a revoked key fails at once
+everywhere.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
+import redis
 from sqlalchemy import JSON, DateTime, Engine, Integer, Numeric, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from common.db import Base
+from common.keys import KEYS_GENERATION_KEY
 
 KEY_PREFIX = "llmq-"
 
@@ -77,6 +82,7 @@ class KeyIdentity:
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+    expires_at: dt.datetime | None = None
 
 
 def digest(raw_key: str) -> str:
@@ -93,11 +99,17 @@ def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
+#: Most keys one process caches; the cache starts over when full.
+KEY_CACHE_ENTRIES = 10_000
+
+
 class KeyStore:
     """Creates, lists, revokes and checks API keys."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, client: redis.Redis) -> None:
         self.engine = engine
+        self.redis = client
+        self._cache: dict[str, tuple[KeyIdentity, bytes | None]] = {}
 
     def create(self, name: str, **limits: Any) -> tuple[ApiKey, str]:
         """Create a key; return its row and the key itself (shown only now)."""
@@ -131,11 +143,29 @@ class KeyStore:
             if row is not None and row.revoked_at is None:
                 row.revoked_at = _utcnow()
                 session.commit()
+                self.redis.incr(KEYS_GENERATION_KEY)
             return row
 
     def authenticate(self, raw_key: str) -> KeyIdentity | None:
         """The identity of a live key, or None if unknown, revoked or expired."""
         wanted = digest(raw_key)
+        generation = cast(bytes | None, self.redis.get(KEYS_GENERATION_KEY))
+        cached = self._cache.get(wanted)
+        if cached is not None and cached[1] == generation:
+            identity: KeyIdentity | None = cached[0]
+        else:
+            identity = self._lookup(wanted)
+            if identity is not None:
+                if len(self._cache) >= KEY_CACHE_ENTRIES:
+                    self._cache.clear()
+                self._cache[wanted] = (identity, generation)
+        if identity is None:
+            return None
+        if identity.expires_at is not None and identity.expires_at <= _utcnow():
+            return None
+        return identity
+
+    def _lookup(self, wanted: str) -> KeyIdentity | None:
         with Session(self.engine) as session:
             row = session.scalars(
                 select(ApiKey).where(ApiKey.key_hash == wanted)
@@ -144,8 +174,6 @@ class KeyStore:
                 return None
             if row.revoked_at is not None:
                 return None
-            if row.expires_at is not None and row.expires_at <= _utcnow():
-                return None
             return KeyIdentity(
                 row.id,
                 row.name,
@@ -153,4 +181,5 @@ class KeyStore:
                 row.rpm,
                 row.tpm,
                 row.concurrency,
+                row.expires_at,
             )

@@ -26,7 +26,7 @@ from common.keys import idempotency_key
 from common.limits import Admission, Limiter, Rate
 from common.queues import Priority
 from common.schemas import ChatRequest
-from common.storage import JobRecord, JobStore, Transition, now
+from common.storage import JobRecord, JobStore, Transition, now, record_from
 from common.tokens import estimate_request_tokens
 
 #: Longest a key's concurrency slot is held without its job ending (a backstop).
@@ -129,7 +129,8 @@ def finish_job(
         refresh_ttl=True,
     )
     if done.applied:
-        limiter.release_slots(job.id, [key_slot(job.owner)])
+        if job.key_slot:
+            limiter.release_slots(job.id, [key_slot(job.owner)])
         if job.key_tpm and job.tpm_estimate:
             used = int((final.usage or {}).get("total_tokens", 0))
             rate = Rate(f"key:{job.owner}", "tpm", job.key_tpm)
@@ -227,6 +228,7 @@ class JobService:
             "request": body,
             "metadata": metadata,
             "key_tpm": caller.tpm,
+            "key_slot": 1 if caller.concurrency else None,
             "tpm_estimate": tokens if caller.tpm else None,
         }
         claim = None
@@ -239,8 +241,7 @@ class JobService:
         if prior is not None:
             self.limiter.release_slots(job_id, [key_slot(caller.id)])
             return Submission(self._replay(caller, prior, claim), admission)
-        job = self.store.get(job_id)
-        assert job is not None
+        job = record_from(fields)
         self._enqueue(job)
         return Submission(job, admission)
 

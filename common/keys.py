@@ -18,6 +18,11 @@ def events_key(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:events"
 
 
+#: Counter bumped whenever a key is revoked or changed; web processes drop their
+#: cached keys when it moves.
+KEYS_GENERATION_KEY = f"{PREFIX}:keys:generation"
+
+
 def lease_key(job_id: str) -> str:
     """String holding the token of the run that owns a running job, with a TTL."""
     return f"{PREFIX}:job:{job_id}:lease"

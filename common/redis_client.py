@@ -8,17 +8,27 @@ from redis.retry import Retry
 
 #: Extra socket time a blocking read gets beyond the block it asked for.
 BLOCKING_READ_MARGIN_SECONDS = 5.0
+#: Connections one process keeps to Redis for short commands; callers beyond
+#: that wait for a free one (commands take well under a millisecond).
+POOL_CONNECTIONS = 64
 
 
 def connect(url: str, timeout_seconds: float) -> redis.Redis:
-    """A client for short commands: connect and read within ``timeout_seconds``."""
-    return redis.Redis.from_url(
+    """A client for short commands: connect and read within ``timeout_seconds``.
+
+    Its pool is bounded: however many streams a process serves, it holds at
+    most ``POOL_CONNECTIONS`` connections, waiting up to the timeout for one.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_CONNECTIONS,
+        timeout=timeout_seconds,
         socket_connect_timeout=timeout_seconds,
         socket_timeout=timeout_seconds,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def connect_blocking(

@@ -49,7 +49,12 @@ class Run:
     token: str
     cancel: CancelToken
     deadline: float
+    attempts: int
+    provider: str
     slot_scopes: list[str] = field(default_factory=list)
+    #: Record fields changed by this run and not yet written; they ride along
+    #: with its next write (the run owns the job, so nobody else changes them).
+    unsaved: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,7 +152,14 @@ class JobRunner:
         if not moved.applied:
             log.info("job %s is %s or leased elsewhere; skipping", job.id, moved.status)
             return None
-        run = Run(job.id, token, self.cancels.register(job.id), start + total)
+        run = Run(
+            job.id,
+            token,
+            self.cancels.register(job.id),
+            start + total,
+            job.attempts,
+            job.provider,
+        )
         with self._lock:
             self.active[job.id] = run
         if moved.cancel_requested:
@@ -217,7 +229,9 @@ class JobRunner:
         self, job: JobRecord, run: Run, model: ModelConfig, acc: CompletionAccumulator
     ) -> None:
         """One upstream call under the model's limits, relaying each chunk."""
-        self._count_attempt(job, run, model)
+        run.attempts += 1
+        run.provider = model.provider
+        run.unsaved.update(attempts=run.attempts, provider=model.provider)
         prompt = estimate_prompt_tokens(job.request.get("messages", []))
         estimate = estimate_request_tokens(job.request)
         rates = self._rates(model, estimate)
@@ -239,16 +253,6 @@ class JobRunner:
             for rate, _ in rates:
                 if rate.unit == "tpm":
                     self.limiter.settle(rate, int(used) - estimate)
-
-    def _count_attempt(self, job: JobRecord, run: Run, model: ModelConfig) -> None:
-        attempts = (self.store.get(job.id) or job).attempts + 1
-        moved = self.store.transition(
-            job,
-            fields={"attempts": attempts, "provider": model.provider},
-            lease=("hold", run.token),
-        )
-        if moved.lease_lost:
-            run.cancel.cancel(reasons.LEASE_LOST)
 
     def _rates(self, model: ModelConfig, estimate: int) -> list[tuple[Rate, int]]:
         provider = self.catalog.provider_for(model)
@@ -318,7 +322,10 @@ class JobRunner:
         self._append(job, run, [("status", dumps(status))])
 
     def _append(self, job: JobRecord, run: Run, events: list[tuple[str, str]]) -> None:
-        appended = self.store.transition(job, events=events, lease=("hold", run.token))
+        fields, run.unsaved = run.unsaved, {}
+        appended = self.store.transition(
+            job, fields=fields, events=events, lease=("hold", run.token)
+        )
         if appended.lease_lost:
             run.cancel.cancel(reasons.LEASE_LOST)
         elif appended.cancel_requested:
@@ -332,7 +339,7 @@ class JobRunner:
         if reason == reasons.SHUTDOWN:
             self._requeue(job, run)
             return
-        job = self.store.get(job.id) or job  # attempts and provider moved on
+        job = dataclasses.replace(job, attempts=run.attempts, provider=run.provider)
         acc, error = outcome.acc, outcome.error
         status = "succeeded"
         if reason == reasons.DEADLINE:
@@ -346,7 +353,7 @@ class JobRunner:
             status = "failed"
             log.info("job %s failed: %s", job.id, error.code)
         usage = acc.final_usage(estimate_prompt_tokens(job.request.get("messages", [])))
-        fields: dict[str, Any] = {"usage": usage}
+        fields: dict[str, Any] = {**run.unsaved, "usage": usage}
         if status == "succeeded" or acc.chunks:
             fields["result"] = acc.completion(usage)
         events = []
@@ -371,7 +378,7 @@ class JobRunner:
         moved = self.store.transition(
             job,
             expected=("running",),
-            fields={"status": "queued"},
+            fields={**run.unsaved, "status": "queued"},
             events=[
                 ("status", dumps({"status": "queued", "reason": "worker shutdown"}))
             ],

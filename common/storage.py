@@ -158,6 +158,7 @@ class JobRecord:
     cancel_requested: bool
     key_tpm: int | None = None
     tpm_estimate: int | None = None
+    key_slot: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -204,6 +205,7 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
         cancel_requested=f.get("cancel") == "1",
         key_tpm=int(f["key_tpm"]) if f.get("key_tpm") else None,
         tpm_estimate=int(f["tpm_estimate"]) if f.get("tpm_estimate") else None,
+        key_slot=f.get("key_slot") == "1",
     )
 
 
@@ -215,6 +217,14 @@ def encode_fields(fields: dict[str, Any]) -> list[str]:
             value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         flat += [name, "" if value is None else str(value)]
     return flat
+
+
+def record_from(fields: dict[str, Any]) -> JobRecord:
+    """The record that storing ``fields`` writes, without reading it back."""
+    flat = encode_fields(fields)
+    return _decode(
+        {k.encode(): v.encode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    )
 
 
 class JobStore:

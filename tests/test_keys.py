@@ -12,6 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import redis
 import requests
 import sqlalchemy
 
@@ -60,7 +61,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
     )
     engine = make_engine(url)
     create_schema(engine)
-    yield KeyStore(engine)
+    client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+    yield KeyStore(engine, client)
     engine.dispose()
 
 
@@ -91,6 +93,16 @@ def test_revoked_and_expired_keys_do_not_authenticate(store: KeyStore) -> None:
     future = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     _, live = store.create("live", expires_at=future)
     assert store.authenticate(live) is not None
+
+
+def test_a_key_cached_by_one_process_fails_once_another_revokes_it(
+    store: KeyStore,
+) -> None:
+    other_process = KeyStore(store.engine, store.redis)
+    row, raw = store.create("cached")
+    assert store.authenticate(raw) is not None  # now cached here
+    other_process.revoke(row.id)
+    assert store.authenticate(raw) is None
 
 
 def test_list_and_get_show_keys_without_the_key(store: KeyStore) -> None:

@@ -51,7 +51,7 @@ def _services(settings: Settings) -> Services:
         Limiter(client),
         enqueue,
     )
-    return Services(settings, client, jobs_service, KeyStore(engine))
+    return Services(settings, client, jobs_service, KeyStore(engine, client))
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:

@@ -46,7 +46,7 @@ def _complete(body: ChatRequest, provider: str | None) -> Response:
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)
-        response = jsonify(done.result)
+        response = jsonify(done["result"])
         response.headers.update(headers)
         return response
     relay = _relay(job, follow_from_first_output(job), body.include_usage)

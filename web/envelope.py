@@ -89,12 +89,12 @@ def envelope_chat(body: EnvelopeChatRequest) -> Response:
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)
-        text, finish_reason = reply_text(done.result)
+        text, finish_reason = reply_text(done["result"])
         response = envelope(
             {
                 "content": text,
                 "finish_reason": finish_reason,
-                "usage": envelope_usage(done.usage),
+                "usage": envelope_usage(done["usage"]),
             }
         )
         response.headers.update(headers)

@@ -36,7 +36,9 @@ def legacy_chat(body: LegacyChatRequest) -> Response:
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)
-        return Response(reply_text(done.result)[0], content_type=_TEXT, headers=headers)
+        return Response(
+            reply_text(done["result"])[0], content_type=_TEXT, headers=headers
+        )
     pieces = _text(follow_from_first_output(job))
     return Response(
         cancel_on_disconnect(pieces, job, detach=False),

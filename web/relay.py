@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from flask import g, request
 
@@ -31,23 +32,24 @@ def submitted(submission: Submission) -> JobRecord:
     return submission.job
 
 
-def raise_for_job(job: JobRecord) -> None:
-    """Raise the job's error if it did not succeed."""
-    if job.status == "failed":
-        raise GatewayError.from_dict(job.error or {})
-    if job.status == "cancelled":
-        raise JobCancelledError(f"job {job.id} was cancelled")
+def await_result(job: JobRecord) -> dict[str, Any]:
+    """Follow the job to its ``done`` event; return the final job object it carries.
 
-
-def await_result(job: JobRecord) -> JobRecord:
-    """Block until the job is terminal; raise its error unless it succeeded."""
-    job = services().jobs.wait(job, RESULT_WAIT_SECONDS)
-    if not job.terminal:
-        raise ProviderTimeoutError(
-            f"job {job.id} is still {job.status}; follow /v1/jobs/{job.id}/events"
-        )
-    raise_for_job(job)
-    return job
+    Raises the job's error unless it succeeded.
+    """
+    svc = services()
+    give_up = time.monotonic() + RESULT_WAIT_SECONDS
+    for event in svc.jobs.follow(job, 0, svc.settings.sse_keepalive_seconds):
+        if event is not None and event.type == "done":
+            final: dict[str, Any] = json.loads(event.data)
+            if final["status"] == "failed":
+                raise GatewayError.from_dict(final.get("error") or {})
+            if final["status"] == "cancelled":
+                raise JobCancelledError(f"job {job.id} was cancelled")
+            return final
+        if time.monotonic() > give_up:
+            break
+    raise ProviderTimeoutError(f"job {job.id} is still running; follow its events")
 
 
 def follow_from_first_output(job: JobRecord) -> Iterator[Event | None]:

