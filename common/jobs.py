@@ -300,14 +300,12 @@ class JobService:
         deadline = time.monotonic() + seconds
         after = self.events.last_id(job.id)
         latest = self.store.get(job.id) or job
-        while not latest.terminal and (left := deadline - time.monotonic()) > 0:
-            batch = self.events.read(job.id, after, block_seconds=left)
-            if not batch:
-                continue
-            after = batch[-1].id
-            if any(e.type == "done" for e in batch):
-                latest = self.store.get(job.id) or latest
-        return latest
+        if latest.terminal:
+            return latest
+        for event in self.events.follow(job.id, after, idle_seconds=max(0.05, seconds)):
+            if event is None or event.type == "done" or time.monotonic() >= deadline:
+                break
+        return self.store.get(job.id) or latest
 
     def follow(
         self, job: JobRecord, after: int, idle_seconds: float

@@ -42,6 +42,11 @@ def slots_key(scope: str) -> str:
     return f"{PREFIX}:slots:{scope}"
 
 
+def notify_channel(job_id: str) -> str:
+    """Pub/sub channel on which each appended event of a job is also published."""
+    return f"{PREFIX}:job:{job_id}:notify"
+
+
 def queued_key(queue: str) -> str:
     """Sorted set of the jobs waiting on ``queue``, scored by submission time."""
     return f"{PREFIX}:queued:{queue}"

@@ -6,8 +6,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-#: Extra socket time a blocking read gets beyond the block it asked for.
-BLOCKING_READ_MARGIN_SECONDS = 5.0
 #: Connections one process keeps to Redis for short commands; callers beyond
 #: that wait for a free one (commands take well under a millisecond).
 POOL_CONNECTIONS = 64
@@ -29,16 +27,3 @@ def connect(url: str, timeout_seconds: float) -> redis.Redis:
         health_check_interval=30,
     )
     return redis.Redis(connection_pool=pool)
-
-
-def connect_blocking(
-    url: str, timeout_seconds: float, block_seconds: float
-) -> redis.Redis:
-    """A client for blocking reads (XREAD BLOCK) of up to ``block_seconds``."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout_seconds,
-        socket_timeout=block_seconds + BLOCKING_READ_MARGIN_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )

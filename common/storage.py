@@ -43,7 +43,7 @@ redis.call('EXPIRE', KEYS[4], ARGV[1])
 return false
 """
 
-# KEYS: job, events, queued zset, lease, running zset
+# KEYS: job, events, queued zset, lease, running zset, notify channel
 # ARGV: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
 #       ("" | take | hold | drop | orphan), run token, lease ms, field count,
 #       pairs..., event count, (type, data) pairs...
@@ -98,6 +98,8 @@ local n = redis.call('XLEN', KEYS[2])
 for j = 1, nevents do
   n = n + 1
   redis.call('XADD', KEYS[2], '0-' .. n, 'e', ARGV[i], 'd', ARGV[i + 1])
+  -- Followers are woken through pub/sub; the stream stays the record.
+  redis.call('PUBLISH', KEYS[6], n .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
   i = i + 2
 end
 local queued = redis.call('HGET', KEYS[1], 'status') == 'queued'
@@ -322,6 +324,7 @@ class JobStore:
                 keys.queued_key(job.priority),
                 keys.lease_key(job.id),
                 keys.RUNNING_KEY,
+                keys.notify_channel(job.id),
             ],
             args=args,
         )

@@ -14,11 +14,11 @@ from common.apikeys import KeyStore
 from common.config import Settings, load_settings
 from common.db import create_schema, make_engine
 from common.errors import UnavailableError
-from common.eventlog import EventLog
+from common.eventlog import EventLog, Hub
 from common.jobs import JobService
 from common.limits import Limiter
 from common.queues import TASK_RUN_JOB, Priority
-from common.redis_client import connect, connect_blocking
+from common.redis_client import connect
 from common.storage import JobStore
 from web import admin, chat, envelope, health, jobs, legacy, models
 from web.cli import keys_cli
@@ -29,11 +29,6 @@ from workers.celery_app import make_celery
 
 def _services(settings: Settings) -> Services:
     client = connect(settings.redis_url, settings.redis_timeout_seconds)
-    blocking = connect_blocking(
-        settings.redis_url,
-        settings.redis_timeout_seconds,
-        settings.sse_keepalive_seconds,
-    )
     celery = make_celery(settings)
 
     def enqueue(job_id: str, priority: Priority) -> None:
@@ -46,7 +41,7 @@ def _services(settings: Settings) -> Services:
     create_schema(engine)
     jobs_service = JobService(
         JobStore(client, settings.job_ttl_seconds),
-        EventLog(client, blocking, settings.sse_keepalive_seconds),
+        EventLog(client, Hub(client)),
         settings.catalog,
         Limiter(client),
         enqueue,
