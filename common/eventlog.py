@@ -72,6 +72,7 @@ class Hub:
         self._lock = threading.Lock()
         self._pubsub: redis.client.PubSub | None = None
         self._started = False
+        self._wake = threading.Event()  # set when the first channel is subscribed
 
     def subscribe(self, job_id: str) -> queue.SimpleQueue[Event]:
         """A queue receiving the job's events from now on (once Redis confirms)."""
@@ -84,6 +85,7 @@ class Hub:
                 channel = self._channels[name] = _Channel()
                 assert self._pubsub is not None
                 self._pubsub.subscribe(name)
+                self._wake.set()
             channel.queues.append(inbox)
         channel.ready.wait(SUBSCRIBE_WAIT_SECONDS)
         return inbox
@@ -116,7 +118,8 @@ class Hub:
         while True:
             try:
                 if not self._pubsub.subscribed:
-                    threading.Event().wait(0.05)
+                    self._wake.wait(1.0)
+                    self._wake.clear()
                     continue
                 message = self._pubsub.get_message(timeout=1.0)
             except redis.RedisError:

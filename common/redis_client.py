@@ -8,7 +8,9 @@ from redis.retry import Retry
 
 #: Connections one process keeps to Redis for short commands; callers beyond
 #: that wait for a free one (commands take well under a millisecond).
-POOL_CONNECTIONS = 64
+POOL_CONNECTIONS = 128
+#: Longest a caller waits for a free pooled connection when all are busy.
+POOL_WAIT_SECONDS = 5.0
 
 
 def connect(url: str, timeout_seconds: float) -> redis.Redis:
@@ -20,7 +22,7 @@ def connect(url: str, timeout_seconds: float) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_CONNECTIONS,
-        timeout=timeout_seconds,
+        timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=timeout_seconds,
         socket_timeout=timeout_seconds,
         retry=Retry(NoBackoff(), 0),

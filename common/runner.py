@@ -32,6 +32,7 @@ from common.limits import Limiter, Rate
 from common.providers import build_provider
 from common.providers.base import Provider
 from common.queues import Priority
+from common.relay import DeltaWriter
 from common.storage import JobRecord, JobStore, now
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
@@ -237,16 +238,18 @@ class JobRunner:
         rates = self._rates(model, estimate)
         if not self._wait_for_limits(job, run, model, rates):
             return
+        writer = DeltaWriter(lambda events: self._append(job, run, events))
         try:
             for chunk in self.providers[model.provider].stream(
                 model, job.request, run.cancel
             ):
                 relay = acc.add(chunk)
                 if relay is not None:
-                    self._append(job, run, [("delta", dumps(relay))])
+                    writer.add(relay)
                 if run.cancel.is_set():
                     return
         finally:
+            writer.close()
             self.limiter.release_slots(run.token, run.slot_scopes)
             run.slot_scopes = []
             used = acc.final_usage(prompt)["total_tokens"] if acc.chunks else 0

@@ -261,6 +261,7 @@ def start_web(
             "1",
             "--worker-connections",
             "1000",
+            "--no-control-socket",
             "--bind",
             f"127.0.0.1:{port}",
             "web:create_app()",

@@ -74,9 +74,9 @@ def test_chat_stream_has_content_events_a_usage_event_and_done(
         data = [e["data"] for e in sse_events(resp) if "data" in e]
     assert data[-1] == "[DONE]"
     events = [json.loads(d) for d in data[:-1]]
-    assert events[:-1] == [
-        {"content": f"tok{i} ", "finish_reason": None} for i in range(3)
-    ]
+    # Tokens sent back to back may be merged into fewer events (group commit).
+    assert "".join(e["content"] for e in events[:-1]) == "tok0 tok1 tok2 "
+    assert all(e["finish_reason"] is None for e in events[:-1])
     assert events[-1]["finish_reason"] == "stop"
     assert events[-1]["usage"] == {
         "input_tokens": 7,

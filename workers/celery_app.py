@@ -14,6 +14,9 @@ BROKER_CONNECT_TIMEOUT_SECONDS = 1.0
 BROKER_SOCKET_TIMEOUT_SECONDS = 3.0
 #: Broker connections a web process keeps for publishing.
 BROKER_POOL_LIMIT = 50
+#: Redis connections kombu's transport may open per process (its default of 10
+#: starves hundreds of greenlets acknowledging tasks at once).
+BROKER_REDIS_CONNECTIONS = 100
 
 
 class LlmqCelery(Celery):
@@ -37,6 +40,7 @@ def make_celery(settings: Settings | None = None) -> LlmqCelery:
             "visibility_timeout": settings.visibility_timeout_seconds,
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
             "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "max_connections": BROKER_REDIS_CONNECTIONS,
         },
         task_serializer="json",
         accept_content=["json"],
