@@ -90,14 +90,14 @@ def key_rates(caller: KeyIdentity, tokens: int) -> list[tuple[Rate, int]]:
     """The per-key rate limits a request of ``tokens`` tokens counts against."""
     rates = []
     if caller.rpm:
-        rates.append((Rate(f"key:{caller.id}", "rpm", caller.rpm), 1))
+        rates.append((Rate(key_slot(caller.id), "rpm", caller.rpm), 1))
     if caller.tpm:
-        rates.append((Rate(f"key:{caller.id}", "tpm", caller.tpm), tokens))
+        rates.append((Rate(key_slot(caller.id), "tpm", caller.tpm), tokens))
     return rates
 
 
 def key_slot(owner: str) -> str:
-    """The concurrency scope of one API key: a slot per unfinished job."""
+    """The limit scope of one API key (its rates, and a slot per unfinished job)."""
     return f"key:{owner}"
 
 
@@ -133,7 +133,7 @@ def finish_job(
             limiter.release_slots(job.id, [key_slot(job.owner)])
         if job.key_tpm and job.tpm_estimate:
             used = int((final.usage or {}).get("total_tokens", 0))
-            rate = Rate(f"key:{job.owner}", "tpm", job.key_tpm)
+            rate = Rate(key_slot(job.owner), "tpm", job.key_tpm)
             limiter.settle(rate, used - job.tpm_estimate)
     return final, done
 

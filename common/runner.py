@@ -19,7 +19,7 @@ from typing import Any
 
 from common import cancel as reasons
 from common.cancel import CancelRegistry, CancelToken
-from common.catalog import Catalog, ModelConfig, RetryPolicy
+from common.catalog import Catalog, Limits, ModelConfig, RetryPolicy
 from common.completions import CompletionAccumulator
 from common.errors import (
     GatewayError,
@@ -257,14 +257,17 @@ class JobRunner:
                 if rate.unit == "tpm":
                     self.limiter.settle(rate, int(used) - estimate)
 
-    def _rates(self, model: ModelConfig, estimate: int) -> list[tuple[Rate, int]]:
+    def _limit_scopes(self, model: ModelConfig) -> list[tuple[str, Limits]]:
+        """The limit scopes a call to ``model`` counts against: provider, then model."""
         provider = self.catalog.provider_for(model)
-        scopes = [
+        return [
             (f"provider:{provider.name}", provider.limits),
             (f"model:{provider.name}:{model.id}", model.limits),
         ]
+
+    def _rates(self, model: ModelConfig, estimate: int) -> list[tuple[Rate, int]]:
         rates = []
-        for scope, limits in scopes:
+        for scope, limits in self._limit_scopes(model):
             if limits.rpm:
                 rates.append((Rate(scope, "rpm", limits.rpm), 1))
             if limits.tpm:
@@ -295,14 +298,10 @@ class JobRunner:
             )
             if run.cancel.wait(wait):
                 return False
-        provider = self.catalog.provider_for(model)
         slots = [
-            (scope, limit)
-            for scope, limit in (
-                (f"provider:{provider.name}", provider.limits.concurrency),
-                (f"model:{provider.name}:{model.id}", model.limits.concurrency),
-            )
-            if limit
+            (scope, limits.concurrency)
+            for scope, limits in self._limit_scopes(model)
+            if limits.concurrency
         ]
         pause, announced = 0.05, False
         while not self.limiter.acquire_slots(run.token, slots, self.lease_seconds):

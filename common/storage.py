@@ -173,7 +173,6 @@ class Transition:
 
     applied: bool
     status: str
-    last_event_id: int
     cancel_requested: bool
     lease_lost: bool = False
 
@@ -317,7 +316,7 @@ class JobStore:
         ]
         for event_type, data in events:
             args += [event_type, data]
-        applied, status, last, cancel, lost = self._transition(
+        applied, status, _last_id, cancel, lost = self._transition(
             keys=[
                 keys.job_key(job.id),
                 keys.events_key(job.id),
@@ -331,7 +330,6 @@ class JobStore:
         return Transition(
             applied=bool(applied),
             status=status.decode() if isinstance(status, bytes) else str(status),
-            last_event_id=int(last),
             cancel_requested=cancel in (b"1", "1"),
             lease_lost=bool(lost),
         )
