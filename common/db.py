@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase
 
 #: Seconds to wait for a database connection before answering 503.
@@ -48,7 +49,15 @@ def make_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (the schema is additive until migrations are needed)."""
+    """Create missing tables (the schema is additive until migrations are needed).
+
+    Web processes start together on a fresh database: when another one creates a
+    table between our check and our CREATE, ours fails with "already exists";
+    checking again then finds the table.
+    """
     from common import apikeys  # noqa: F401  registers the tables on Base
 
-    Base.metadata.create_all(engine)
+    try:
+        Base.metadata.create_all(engine)
+    except DatabaseError:
+        Base.metadata.create_all(engine)

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,3 +228,45 @@ def test_the_whole_stack_runs_on_postgresql(
         stop_process(web)
         stop_process(worker)
         redis_server.stop()
+
+
+_CREATE_AT_ONCE = """
+import sys, time
+from common.db import create_schema, make_engine
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+create_schema(make_engine(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_web_processes_creating_the_schema_at_once_all_start(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Gunicorn's workers boot together on a fresh database; none may fail."""
+    schema = f"boot_{uuid.uuid4().hex[:12]}"
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'fresh.sqlite3'}"
+    else:
+        base = request.getfixturevalue("postgres_url")
+        engine = make_engine(base)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"create schema {schema}"))
+        engine.dispose()
+        url = f"{base}?options=-csearch_path%3D{schema}"
+    start = f"{time.time() + 1.5:.3f}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CREATE_AT_ONCE, url, start],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(6)
+    ]
+    failures = [p.communicate(timeout=60)[1] for p in procs if p.wait(60) != 0]
+    if backend == "postgresql":
+        engine = make_engine(request.getfixturevalue("postgres_url"))
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"drop schema {schema} cascade"))
+        engine.dispose()
+    assert not failures, failures[0].decode()[-2000:]
