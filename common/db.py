@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -9,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase
 
+#: Tries at creating the schema while other processes create it too.
+SCHEMA_ATTEMPTS = 5
 #: Seconds to wait for a database connection before answering 503.
 CONNECT_TIMEOUT_SECONDS = 2
 
@@ -52,12 +56,16 @@ def create_schema(engine: Engine) -> None:
     """Create missing tables (the schema is additive until migrations are needed).
 
     Web processes start together on a fresh database: when another one creates a
-    table between our check and our CREATE, ours fails with "already exists";
-    checking again then finds the table.
+    table between our check and our CREATE, ours fails with "already exists"
+    (or SQLite is briefly locked); checking again then finds the table.
     """
     from common import apikeys  # noqa: F401  registers the tables on Base
 
-    try:
-        Base.metadata.create_all(engine)
-    except DatabaseError:
-        Base.metadata.create_all(engine)
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            Base.metadata.create_all(engine)
+            return
+        except DatabaseError:
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
