@@ -30,6 +30,8 @@ DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 2 * 3600
 DEFAULT_LEASE_SECONDS = 15.0
 #: How long a stopping worker lets running streams finish before requeueing them.
 DEFAULT_WORKER_GRACE_SECONDS = 30.0
+#: Deltas of one stream arriving within this window go out as one event.
+DEFAULT_DELTA_WINDOW_MS = 10.0
 
 
 class ConfigError(ValueError):
@@ -53,9 +55,12 @@ class Settings:
     visibility_timeout_seconds: int = DEFAULT_VISIBILITY_TIMEOUT_SECONDS
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
+    delta_window_ms: float = DEFAULT_DELTA_WINDOW_MS
 
 
-def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+def _positive(
+    environ: Mapping[str, str], name: str, default: float, *, allow_zero: bool = False
+) -> float:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -63,7 +68,7 @@ def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from exc
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be positive")
     return value
 
@@ -128,6 +133,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         lease_seconds=_positive(env, "LLMQ_LEASE_SECONDS", DEFAULT_LEASE_SECONDS),
         worker_grace_seconds=_positive(
             env, "LLMQ_WORKER_GRACE_SECONDS", DEFAULT_WORKER_GRACE_SECONDS
+        ),
+        delta_window_ms=_positive(
+            env, "LLMQ_DELTA_WINDOW_MS", DEFAULT_DELTA_WINDOW_MS, allow_zero=True
         ),
     )
     return _check_visibility(settings)

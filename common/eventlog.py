@@ -50,9 +50,13 @@ def _events(entries: _Entries) -> list[Event]:
     ]
 
 
-def _parse_message(payload: bytes) -> Event:
-    number, kind, data = payload.split(b" ", 2)
-    return Event(int(number), kind.decode(), data)
+def _parse_message(payload: bytes) -> list[Event]:
+    """The events of one published message: a ``<id> <type> <data>`` line each."""
+    events = []
+    for line in payload.split(b"\n"):
+        number, kind, data = line.split(b" ", 2)
+        events.append(Event(int(number), kind.decode(), data))
+    return events
 
 
 class _Channel:
@@ -136,9 +140,10 @@ class Hub:
         if message["type"] == "subscribe":
             channel.ready.set()
         elif message["type"] == "message":
-            event = _parse_message(cast(bytes, message["data"]))
+            events = _parse_message(cast(bytes, message["data"]))
             for inbox in list(channel.queues):
-                inbox.put(event)
+                for event in events:
+                    inbox.put(event)
 
 
 class EventLog:

@@ -1,20 +1,36 @@
-"""Group commit of a run's deltas: what piles up behind a write goes in one event.
+"""Group commit of deltas: one writer per worker process for every run's chunks.
 
-When the system is idle every chunk is written the moment it arrives; when it is
-busy, chunks that pile up behind the write in flight are merged (plain content
-deltas concatenate) into one event, so Redis, the web and the client each handle
-fewer, larger events instead of falling behind.
+Each run hands its relabelled chunks to the process's ``DeltaBatcher``; one
+writer greenlet sends what all runs have pending to Redis in one call (one
+transition per run, see ``JobStore.append_many``). Writes start at most once per
+window (``LLMQ_DELTA_WINDOW_MS``), except that a run's first chunk and its last
+flush go at once, so time to first token and end of reply never wait for it.
+Chunks that pile up in between are merged (plain content deltas concatenate),
+so Redis round trips, published messages and client writes grow with the
+number of busy runs and the window, not with the number of tokens.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from common.jobs import dumps
+import redis
 
-Write = Callable[[list[tuple[str, str]]], None]
+from common.jobs import dumps
+from common.storage import Append, JobRecord, Transition
+
+log = logging.getLogger(__name__)
+
+WriteMany = Callable[[Sequence[Append]], list[Transition]]
+
+#: Most runs written by one call (bounds how long one Lua script holds Redis).
+MAX_RUNS_PER_WRITE = 256
+#: Pause before a failed write is tried again (Redis is unreachable).
+RETRY_SECONDS = 0.5
 
 
 def _plain(chunk: dict[str, Any]) -> dict[str, Any] | None:
@@ -38,41 +54,141 @@ def merge(pending: list[dict[str, Any]], chunk: dict[str, Any]) -> None:
     pending.append(chunk)
 
 
-class DeltaWriter:
-    """A writer greenlet that flushes merged deltas through ``write``."""
+class RunDeltas:
+    """One run's chunks waiting for the process's writer."""
 
-    def __init__(self, write: Write) -> None:
-        self._write = write
-        self._pending: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._loop, name="llmq-deltas", daemon=True
-        )
-        self._thread.start()
+    def __init__(
+        self,
+        batcher: DeltaBatcher,
+        job: JobRecord,
+        token: str,
+        unsaved: dict[str, Any],
+        on_result: Callable[[Transition], None],
+    ) -> None:
+        self.job = job
+        self.token = token
+        #: The run's record fields not yet written; they ride along with its deltas.
+        self.unsaved = unsaved
+        self.on_result = on_result
+        self.pending: list[dict[str, Any]] = []
+        self.started = False
+        #: Set while nothing of this run is pending or being written.
+        self.idle = threading.Event()
+        self.idle.set()
+        self._batcher = batcher
 
     def add(self, chunk: dict[str, Any]) -> None:
-        with self._lock:
-            merge(self._pending, chunk)
-        self._wake.set()
+        self._batcher.add(self, chunk)
 
     def close(self) -> None:
-        """Flush everything still pending and stop."""
-        self._closing = True
+        """Return once every chunk added so far is written (no window wait)."""
+        if not self.idle.is_set():
+            self._batcher.hurry()
+        self.idle.wait()
+
+
+class DeltaBatcher:
+    """The writer greenlet of one worker process, shared by all of its runs."""
+
+    def __init__(self, write: WriteMany, window_seconds: float = 0.0) -> None:
+        self._write = write
+        self._window = window_seconds
+        self._dirty: dict[int, RunDeltas] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        #: Set when something must not wait out the window.
+        self._urgent = threading.Event()
+        self._started = False
+
+    def open(
+        self,
+        job: JobRecord,
+        token: str,
+        unsaved: dict[str, Any],
+        on_result: Callable[[Transition], None],
+    ) -> RunDeltas:
+        """A run's handle; ``on_result`` gets each of its writes' outcome."""
+        return RunDeltas(self, job, token, unsaved, on_result)
+
+    def add(self, run: RunDeltas, chunk: dict[str, Any]) -> None:
+        with self._lock:
+            merge(run.pending, chunk)
+            if not run.started:
+                run.started = True
+                self._urgent.set()
+            run.idle.clear()
+            self._dirty[id(run)] = run
+            if not self._started:
+                self._started = True
+                threading.Thread(
+                    target=self._loop, name="llmq-deltas", daemon=True
+                ).start()
         self._wake.set()
-        self._thread.join()
+
+    def hurry(self) -> None:
+        """Write what is pending now instead of at the end of the window."""
+        self._urgent.set()
+
+    def _take(self) -> list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]:
+        with self._lock:
+            runs = list(self._dirty.values())[:MAX_RUNS_PER_WRITE]
+            batch = []
+            for run in runs:
+                del self._dirty[id(run)]
+                fields = dict(run.unsaved)
+                run.unsaved.clear()
+                batch.append((run, run.pending, fields))
+                run.pending = []
+            if self._dirty:
+                self._wake.set()
+            return batch
 
     def _loop(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
+            batch = self._take()
+            if not batch:
+                continue
+            began = time.monotonic()
+            try:
+                results = self._write(
+                    [
+                        (
+                            run.job,
+                            run.token,
+                            fields,
+                            [("delta", dumps(c)) for c in chunks],
+                        )
+                        for run, chunks, fields in batch
+                    ]
+                )
+            except redis.RedisError:
+                log.warning("could not write deltas; retrying", exc_info=True)
+                self._restore(batch)
+                threading.Event().wait(RETRY_SECONDS)
+                continue
+            for (run, _, _), result in zip(batch, results, strict=True):
+                run.on_result(result)
             with self._lock:
-                batch, self._pending = self._pending, []
-            if batch:
-                self._write([("delta", dumps(chunk)) for chunk in batch])
-            if self._closing:
-                with self._lock:
-                    if not self._pending:
-                        return
-                self._wake.set()  # more arrived while writing: go round again
+                for run, _, _ in batch:
+                    if not run.pending:
+                        run.idle.set()
+            rest = began + self._window - time.monotonic()
+            if rest > 0:
+                self._urgent.wait(rest)
+            self._urgent.clear()
+
+    def _restore(
+        self, batch: list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]
+    ) -> None:
+        """Put a failed write back in front of what arrived since, to try again."""
+        with self._lock:
+            for run, chunks, fields in batch:
+                for name, value in fields.items():
+                    run.unsaved.setdefault(name, value)
+                later, run.pending = run.pending, chunks
+                for chunk in later:
+                    merge(run.pending, chunk)
+                self._dirty[id(run)] = run
+        self._wake.set()

@@ -32,8 +32,8 @@ from common.limits import Limiter, Rate
 from common.providers import build_provider
 from common.providers.base import Provider
 from common.queues import Priority
-from common.relay import DeltaWriter
-from common.storage import JobRecord, JobStore, now
+from common.relay import DeltaBatcher
+from common.storage import JobRecord, JobStore, Transition, now
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class JobRunner:
         limiter: Limiter,
         enqueue: Callable[[str, Priority], None],
         lease_seconds: float,
+        delta_window_seconds: float = 0.0,
     ) -> None:
         self.store = store
         self.catalog = catalog
@@ -94,6 +95,7 @@ class JobRunner:
         self.lease_seconds = lease_seconds
         self.active: dict[str, Run] = {}
         self._lock = threading.Lock()
+        self.deltas = DeltaBatcher(store.append_many, delta_window_seconds)
         self.providers: dict[str, Provider] = {
             name: build_provider(config) for name, config in catalog.providers.items()
         }
@@ -238,18 +240,20 @@ class JobRunner:
         rates = self._rates(model, estimate)
         if not self._wait_for_limits(job, run, model, rates):
             return
-        writer = DeltaWriter(lambda events: self._append(job, run, events))
+        deltas = self.deltas.open(
+            job, run.token, run.unsaved, lambda result: self._note(run, result)
+        )
         try:
             for chunk in self.providers[model.provider].stream(
                 model, job.request, run.cancel
             ):
                 relay = acc.add(chunk)
                 if relay is not None:
-                    writer.add(relay)
+                    deltas.add(relay)
                 if run.cancel.is_set():
                     return
         finally:
-            writer.close()
+            deltas.close()
             self.limiter.release_slots(run.token, run.slot_scopes)
             run.slot_scopes = []
             used = acc.final_usage(prompt)["total_tokens"] if acc.chunks else 0
@@ -324,13 +328,21 @@ class JobRunner:
         self._append(job, run, [("status", dumps(status))])
 
     def _append(self, job: JobRecord, run: Run, events: list[tuple[str, str]]) -> None:
-        fields, run.unsaved = run.unsaved, {}
-        appended = self.store.transition(
-            job, fields=fields, events=events, lease=("hold", run.token)
+        fields = dict(run.unsaved)
+        run.unsaved.clear()
+        self._note(
+            run,
+            self.store.transition(
+                job, fields=fields, events=events, lease=("hold", run.token)
+            ),
         )
-        if appended.lease_lost:
+
+    @staticmethod
+    def _note(run: Run, written: Transition) -> None:
+        """Stop the run if a write found its lease lost or a cancel requested."""
+        if written.lease_lost:
             run.cancel.cancel(reasons.LEASE_LOST)
-        elif appended.cancel_requested:
+        elif written.cancel_requested:
             run.cancel.cancel(reasons.CANCELLED)
 
     def _conclude(self, job: JobRecord, run: Run, outcome: Outcome) -> None:

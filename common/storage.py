@@ -43,79 +43,105 @@ redis.call('EXPIRE', KEYS[4], ARGV[1])
 return false
 """
 
-# KEYS: job, events, queued zset, lease, running zset, notify channel
-# ARGV: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
-#       ("" | take | hold | drop | orphan), run token, lease ms, field count,
-#       pairs..., event count, (type, data) pairs...
+# One transition as a Lua function of its keys K and arguments A:
+# K: job, events, queued zset, lease, running zset, notify channel
+# A: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
+#    ("" | take | hold | drop | orphan), run token, lease ms, field count,
+#    pairs..., event count, (type, data) pairs...
 # Lease ops: take = own the lease unless another run holds it; hold = apply only
 # while owning it; drop = like hold, then release it; orphan = apply only while
 # nobody holds it (its worker died), and forget it was running.
 # Returns {applied 0/1, status, last event id, cancel flag, lease lost 0/1}.
-_TRANSITION = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {0, '', 0, '', 0} end
-local function refuse(lost)
-  return {0, status, redis.call('XLEN', KEYS[2]),
-          redis.call('HGET', KEYS[1], 'cancel') or '', lost}
-end
-if ARGV[2] ~= '' then
-  local ok = false
-  for s in string.gmatch(ARGV[2], '[^,]+') do
-    if s == status then ok = true end
+# The appended events are published on the job's channel as one message, one
+# "<id> <type> <data>" line per event (compact JSON holds no newline).
+_TRANSITION_FUNCTION = """
+local function transition(K, A)
+  local status = redis.call('HGET', K[1], 'status')
+  if not status then return {0, '', 0, '', 0} end
+  local function refuse(lost)
+    return {0, status, redis.call('XLEN', K[2]),
+            redis.call('HGET', K[1], 'cancel') or '', lost}
   end
-  if not ok then return refuse(0) end
-end
-local op, token = ARGV[4], ARGV[5]
-if op ~= '' then
-  local holder = redis.call('GET', KEYS[4])
-  if op == 'take' then
-    if holder and holder ~= token then return refuse(1) end
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    redis.call('SET', KEYS[4], token, 'PX', ARGV[6])
-    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[6]), ARGV[3])
-  elseif op == 'orphan' then
-    if holder then return refuse(1) end
-    redis.call('ZREM', KEYS[5], ARGV[3])
-  elseif holder ~= token then
-    return refuse(1)
-  elseif op == 'drop' then
-    redis.call('DEL', KEYS[4])
-    redis.call('ZREM', KEYS[5], ARGV[3])
+  if A[2] ~= '' then
+    local ok = false
+    for s in string.gmatch(A[2], '[^,]+') do
+      if s == status then ok = true end
+    end
+    if not ok then return refuse(0) end
   end
-end
-local i = 8
-local nfields = tonumber(ARGV[7])
-if nfields > 0 then
-  local pairs = {}
-  for j = 0, nfields * 2 - 1 do pairs[#pairs + 1] = ARGV[i + j] end
-  redis.call('HSET', KEYS[1], unpack(pairs))
-  i = i + nfields * 2
-end
-local nevents = tonumber(ARGV[i])
-i = i + 1
-local n = redis.call('XLEN', KEYS[2])
-for j = 1, nevents do
-  n = n + 1
-  redis.call('XADD', KEYS[2], '0-' .. n, 'e', ARGV[i], 'd', ARGV[i + 1])
+  local op, token = A[4], A[5]
+  if op ~= '' then
+    local holder = redis.call('GET', K[4])
+    if op == 'take' then
+      if holder and holder ~= token then return refuse(1) end
+      local t = redis.call('TIME')
+      local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      redis.call('SET', K[4], token, 'PX', A[6])
+      redis.call('ZADD', K[5], now + tonumber(A[6]), A[3])
+    elseif op == 'orphan' then
+      if holder then return refuse(1) end
+      redis.call('ZREM', K[5], A[3])
+    elseif holder ~= token then
+      return refuse(1)
+    elseif op == 'drop' then
+      redis.call('DEL', K[4])
+      redis.call('ZREM', K[5], A[3])
+    end
+  end
+  local i = 8
+  local nfields = tonumber(A[7])
+  if nfields > 0 then
+    local pairs = {}
+    for j = 0, nfields * 2 - 1 do pairs[#pairs + 1] = A[i + j] end
+    redis.call('HSET', K[1], unpack(pairs))
+    i = i + nfields * 2
+  end
+  local nevents = tonumber(A[i])
+  i = i + 1
+  local n = redis.call('XLEN', K[2])
+  local lines = {}
+  for j = 1, nevents do
+    n = n + 1
+    redis.call('XADD', K[2], '0-' .. n, 'e', A[i], 'd', A[i + 1])
+    lines[j] = n .. ' ' .. A[i] .. ' ' .. A[i + 1]
+    i = i + 2
+  end
   -- Followers are woken through pub/sub; the stream stays the record.
-  redis.call('PUBLISH', KEYS[6], n .. ' ' .. ARGV[i] .. ' ' .. ARGV[i + 1])
-  i = i + 2
+  if nevents > 0 then redis.call('PUBLISH', K[6], table.concat(lines, '\\n')) end
+  status = redis.call('HGET', K[1], 'status')
+  if status == 'queued' then
+    local t = redis.call('TIME')
+    redis.call('ZADD', K[3], 'NX', tonumber(t[1]) * 1000, A[3])
+  else
+    redis.call('ZREM', K[3], A[3])
+  end
+  if tonumber(A[1]) > 0 then
+    redis.call('EXPIRE', K[1], A[1])
+    redis.call('EXPIRE', K[2], A[1])
+  end
+  return {1, status, n, redis.call('HGET', K[1], 'cancel') or '', 0}
 end
-local queued = redis.call('HGET', KEYS[1], 'status') == 'queued'
-if queued then
-  local t = redis.call('TIME')
-  redis.call('ZADD', KEYS[3], 'NX', tonumber(t[1]) * 1000, ARGV[3])
-else
-  redis.call('ZREM', KEYS[3], ARGV[3])
-end
-if tonumber(ARGV[1]) > 0 then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-end
-return {1, redis.call('HGET', KEYS[1], 'status'), n,
-        redis.call('HGET', KEYS[1], 'cancel') or '', 0}
 """
+
+_TRANSITION = _TRANSITION_FUNCTION + "return transition(KEYS, ARGV)"
+
+# Many transitions (of different jobs) in one call, applied in order.
+# KEYS: each transition's six keys in turn. ARGV: per transition, its argument
+# count and then its arguments. Returns the list of their results.
+_TRANSITION_MANY = (
+    _TRANSITION_FUNCTION
+    + """
+local results, a = {}, 1
+for t = 0, #KEYS / 6 - 1 do
+  local K = {}
+  for j = 1, 6 do K[j] = KEYS[t * 6 + j] end
+  local count = tonumber(ARGV[a])
+  results[#results + 1] = transition(K, {unpack(ARGV, a + 1, a + count)})
+  a = a + count + 1
+end
+return results
+"""
+)
 
 # KEYS: lease, running zset. ARGV: token, lease ms, job id.
 _RENEW = """
@@ -177,6 +203,20 @@ class Transition:
     lease_lost: bool = False
 
 
+#: One run's append: (job, lease token, record fields, events).
+Append = tuple[JobRecord, str, dict[str, Any], list[tuple[str, str]]]
+
+
+def _transition_result(reply: list[Any]) -> Transition:
+    applied, status, _last_id, cancel, lost = reply
+    return Transition(
+        applied=bool(applied),
+        status=status.decode() if isinstance(status, bytes) else str(status),
+        cancel_requested=cancel in (b"1", "1"),
+        lease_lost=bool(lost),
+    )
+
+
 def _decode(raw: dict[bytes, bytes]) -> JobRecord:
     f = {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -236,6 +276,7 @@ class JobStore:
         self.ttl_seconds = ttl_seconds
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
+        self._transition_many = client.register_script(_TRANSITION_MANY)
         self._renew = client.register_script(_RENEW)
         self._expired = client.register_script(_EXPIRED)
 
@@ -301,8 +342,46 @@ class JobStore:
         A job left ``queued`` is (re)entered in its queue's waiting set; any
         other status takes it out.
         """
+        step = self._step(
+            job,
+            expected=expected,
+            fields=fields or {},
+            events=events,
+            lease=lease,
+            lease_seconds=lease_seconds,
+            refresh_ttl=refresh_ttl,
+        )
+        return _transition_result(self._transition(keys=step[0], args=step[1]))
+
+    def append_many(self, appends: Sequence[Append]) -> list[Transition]:
+        """Several runs' appends in one round trip, each applied as ``transition``
+        with a ``hold`` of its run's lease would apply it.
+        """
+        all_keys: list[str] = []
+        all_args: list[Any] = []
+        for job, token, fields, events in appends:
+            step_keys, step_args = self._step(
+                job, fields=fields, events=events, lease=("hold", token)
+            )
+            all_keys += step_keys
+            all_args += [len(step_args), *step_args]
+        results = self._transition_many(keys=all_keys, args=all_args)
+        return [_transition_result(r) for r in results]
+
+    def _step(
+        self,
+        job: JobRecord,
+        *,
+        expected: tuple[str, ...] = (),
+        fields: dict[str, Any],
+        events: Sequence[tuple[str, str]],
+        lease: tuple[str, str] | None,
+        lease_seconds: float = 0,
+        refresh_ttl: bool = False,
+    ) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of one transition (see ``_TRANSITION_FUNCTION``)."""
         op, token = lease or ("", "")
-        flat = encode_fields(fields or {})
+        flat = encode_fields(fields)
         args: list[Any] = [
             self.ttl_seconds if refresh_ttl else 0,
             ",".join(expected),
@@ -316,23 +395,15 @@ class JobStore:
         ]
         for event_type, data in events:
             args += [event_type, data]
-        applied, status, _last_id, cancel, lost = self._transition(
-            keys=[
-                keys.job_key(job.id),
-                keys.events_key(job.id),
-                keys.queued_key(job.priority),
-                keys.lease_key(job.id),
-                keys.RUNNING_KEY,
-                keys.notify_channel(job.id),
-            ],
-            args=args,
-        )
-        return Transition(
-            applied=bool(applied),
-            status=status.decode() if isinstance(status, bytes) else str(status),
-            cancel_requested=cancel in (b"1", "1"),
-            lease_lost=bool(lost),
-        )
+        step_keys = [
+            keys.job_key(job.id),
+            keys.events_key(job.id),
+            keys.queued_key(job.priority),
+            keys.lease_key(job.id),
+            keys.RUNNING_KEY,
+            keys.notify_channel(job.id),
+        ]
+        return step_keys, args
 
     def renew(self, job_id: str, token: str, lease_seconds: float) -> bool:
         """Extend a lease this run holds; False if it no longer holds it."""

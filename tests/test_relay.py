@@ -1,12 +1,21 @@
-"""Group commit of deltas: which chunks merge and which stay apart."""
+"""Group commit of deltas: which chunks merge, and one write for many runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from common.relay import DeltaWriter, merge
+import redis
+
+from common import keys
+from common.eventlog import _parse_message
+from common.relay import DeltaBatcher, merge
+from common.storage import Append, JobRecord, JobStore, Transition, record_from
+from tests.conftest import RedisServer
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -39,19 +48,91 @@ def test_role_finish_and_tool_calls_are_never_folded_away() -> None:
     assert pending[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def test_the_writer_flushes_everything_in_order_before_closing() -> None:
-    written: list[str] = []
+def _job(job_id: str) -> JobRecord:
+    return record_from(
+        {
+            "id": job_id,
+            "owner": "k",
+            "status": "queued",
+            "model": "m",
+            "provider": "p",
+            "priority": "interactive",
+            "created_at": 1.0,
+            "attempts": 0,
+            "request": {},
+        }
+    )
+
+
+def test_the_batcher_writes_every_run_in_order_and_merges_what_piles_up() -> None:
+    written: dict[str, list[str]] = {"a": [], "b": []}
+    calls: list[int] = []
     gate = threading.Event()
 
-    def slow_write(events: list[tuple[str, str]]) -> None:
+    def slow_write(appends: Sequence[Append]) -> list[Transition]:
         gate.wait(1)
-        written.extend(data for _, data in events)
+        calls.append(len(appends))
+        for job, _, _, events in appends:
+            written[job.id].extend(data for _, data in events)
+        return [Transition(True, "running", False)] * len(appends)
 
-    writer = DeltaWriter(slow_write)
+    batcher = DeltaBatcher(slow_write)
+    results: list[Transition] = []
+    runs = {
+        name: batcher.open(_job(name), "t", {}, results.append) for name in ("a", "b")
+    }
     for piece in "abcdef":
-        writer.add(chunk({"content": piece}))
+        for run in runs.values():
+            run.add(chunk({"content": piece}))
     gate.set()
-    writer.close()
-    text = "".join(json.loads(d)["choices"][0]["delta"]["content"] for d in written)
-    assert text == "abcdef"
-    assert len(written) < 6, "chunks behind a slow write were merged"
+    for run in runs.values():
+        run.close()
+    for name in ("a", "b"):
+        text = "".join(
+            json.loads(d)["choices"][0]["delta"]["content"] for d in written[name]
+        )
+        assert text == "abcdef"
+        assert len(written[name]) < 6, "chunks behind a slow write were merged"
+    assert max(calls) == 2, "both runs went in one write"
+    assert len(results) == sum(calls)
+
+
+def test_append_many_applies_each_job_and_publishes_one_message_each(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    store = JobStore(client, 60)
+    jobs = [_job(f"job_relay_{uuid.uuid4().hex}") for _ in range(3)]
+    for job in jobs:
+        store.create(
+            {**dataclasses.asdict(job), "request": {}, "created_at": 1.0}, None
+        )
+        store.transition(job, lease=("take", "run1"), lease_seconds=10)
+    pubsub = client.pubsub()
+    pubsub.subscribe(*(keys.notify_channel(job.id) for job in jobs))
+    for _ in jobs:
+        pubsub.get_message(timeout=1)  # subscribe confirmations
+    results = store.append_many(
+        [
+            (jobs[0], "run1", {"attempts": 1}, [("delta", '{"x":1}'), ("delta", "{}")]),
+            (jobs[1], "other", {}, [("delta", "{}")]),
+            (jobs[2], "run1", {}, [("status", '{"s":2}')]),
+        ]
+    )
+    assert [(r.applied, r.lease_lost) for r in results] == [
+        (True, False),
+        (False, True),
+        (True, False),
+    ]
+    assert store.get(jobs[0].id).attempts == 1  # type: ignore[union-attr]
+    messages = [pubsub.get_message(timeout=1) for _ in range(2)]
+    payloads = {m["channel"].decode(): m["data"] for m in messages if m}
+    assert payloads[keys.notify_channel(jobs[0].id)] == b'2 delta {"x":1}\n3 delta {}'
+    assert payloads[keys.notify_channel(jobs[2].id)] == b'2 status {"s":2}'
+    assert pubsub.get_message(timeout=0.2) is None, "the refused append published"
+    assert [
+        e.id for e in _parse_message(payloads[keys.notify_channel(jobs[0].id)])
+    ] == [
+        2,
+        3,
+    ]

@@ -42,6 +42,7 @@ def _supervisor_for(app: LlmqCelery) -> Supervisor:
                 Limiter(client),
                 enqueue,
                 settings.lease_seconds,
+                settings.delta_window_ms / 1000,
             )
             _supervisor = Supervisor(runner)
             _supervisor.start()
