@@ -19,7 +19,6 @@ from common.errors import (
     InvalidModelError,
     NotFoundError,
     RateLimitedError,
-    UnavailableError,
 )
 from common.eventlog import Event, EventLog
 from common.keys import idempotency_key
@@ -179,13 +178,14 @@ class JobService:
         events: EventLog,
         catalog: Catalog,
         limiter: Limiter,
-        enqueue: Callable[[str, Priority], None],
+        task_message: Callable[[str, Priority], tuple[str, str]],
     ) -> None:
         self.store = store
         self.events = events
         self.catalog = catalog
         self.limiter = limiter
-        self.enqueue = enqueue
+        #: The broker list and message of the task that runs a job.
+        self.task_message = task_message
 
     def submit(
         self,
@@ -197,12 +197,11 @@ class JobService:
         metadata: dict[str, Any] | None = None,
         idempotency: str | None = None,
     ) -> Submission:
-        """Validate, admit under the key's limits, store the job and enqueue it.
+        """Validate, admit under the key's limits, store the job with its task.
 
         Raises:
             RateLimitedError: the key's rpm, tpm or concurrency is used up.
             ConflictError: ``idempotency`` was used with a different body.
-            UnavailableError: the broker refused the task (the job is failed).
         """
         model = resolve_model(self.catalog, caller, request.model, provider)
         body = request.upstream_body()
@@ -237,13 +236,13 @@ class JobService:
                 dumps([model.id, model.provider, priority, metadata, body]).encode()
             ).hexdigest()
             claim = (idempotency_key(caller.id, idempotency), f"{digest} {job_id}")
-        prior = self.store.create(fields, claim)
+        prior = self.store.create(
+            fields, claim, task=self.task_message(job_id, priority)
+        )
         if prior is not None:
             self.limiter.release_slots(job_id, [key_slot(caller.id)])
             return Submission(self._replay(caller, prior, claim), admission)
-        job = record_from(fields)
-        self._enqueue(job)
-        return Submission(job, admission)
+        return Submission(record_from(fields), admission)
 
     def _admit(self, caller: KeyIdentity, tokens: int) -> Admission:
         admission = self.limiter.admit(key_rates(caller, tokens))
@@ -255,21 +254,6 @@ class JobService:
                 headers=rate_limit_headers(caller, admission),
             )
         return admission
-
-    def _enqueue(self, job: JobRecord) -> None:
-        try:
-            self.enqueue(job.id, job.priority)  # type: ignore[arg-type]
-        except UnavailableError as exc:
-            finish_job(
-                self.store,
-                self.limiter,
-                job,
-                "failed",
-                expected=("queued",),
-                fields={"error": exc.to_dict()},
-                events=[("error", dumps(exc.to_dict()))],
-            )
-            raise
 
     def _replay(
         self, caller: KeyIdentity, prior: str, claim: tuple[str, str] | None

@@ -22,8 +22,10 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: How long an ``Idempotency-Key`` remembers its job (24 h).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
-# KEYS: job, events, queued zset, owner index, idempotency key ("" = none)
-# ARGV: ttl, job id, now ms, idempotency value, idempotency ttl, field/value pairs
+# KEYS: job, events, queued zset, owner index, idempotency key ("" = none),
+#       task list ("" = none)
+# ARGV: ttl, job id, now ms, idempotency value, idempotency ttl, task message,
+#       field/value pairs
 _CREATE = """
 if KEYS[5] ~= '' then
   local prior = redis.call('GET', KEYS[5])
@@ -31,7 +33,7 @@ if KEYS[5] ~= '' then
   redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
@@ -40,6 +42,7 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
 redis.call('EXPIRE', KEYS[4], ARGV[1])
+if KEYS[6] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[6]) end
 return false
 """
 
@@ -281,20 +284,26 @@ class JobStore:
         self._expired = client.register_script(_EXPIRED)
 
     def create(
-        self, fields: dict[str, Any], idempotency: tuple[str, str] | None = None
+        self,
+        fields: dict[str, Any],
+        idempotency: tuple[str, str] | None = None,
+        task: tuple[str, str] | None = None,
     ) -> str | None:
-        """Store a new queued job with its first event.
+        """Store a new queued job with its first event, and push its task.
 
         Args:
             fields: the record; must hold id, owner, priority and created_at.
             idempotency: ``(redis key, value)`` to claim; if already claimed
                 nothing is written.
+            task: ``(broker list, message)``: the task that runs the job, pushed
+                in the same script so neither exists without the other.
 
         Returns:
             None when created, else the value already held by the idempotency key.
         """
         job_id = fields["id"]
         idem_key, idem_value = idempotency or ("", "")
+        task_list, task_message = task or ("", "")
         prior = self._create(
             keys=[
                 keys.job_key(job_id),
@@ -302,6 +311,7 @@ class JobStore:
                 keys.queued_key(fields["priority"]),
                 keys.owner_jobs_key(fields["owner"]),
                 idem_key,
+                task_list,
             ],
             args=[
                 self.ttl_seconds,
@@ -309,6 +319,7 @@ class JobStore:
                 int(fields["created_at"] * 1000),
                 idem_value,
                 IDEMPOTENCY_TTL_SECONDS,
+                task_message,
                 *encode_fields(fields),
             ],
         )

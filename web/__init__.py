@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import cast
 
-import redis
 from flask import Response, g
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
-from kombu.exceptions import OperationalError as BrokerError
 
 from common.apikeys import KeyStore
 from common.config import Settings, load_settings
 from common.db import create_schema, make_engine
-from common.errors import UnavailableError
 from common.eventlog import EventLog, Hub
 from common.jobs import JobService
 from common.limits import Limiter
-from common.queues import TASK_RUN_JOB, Priority
 from common.redis_client import connect
 from common.storage import JobStore
 from web import admin, chat, envelope, health, jobs, legacy, models
@@ -25,18 +21,11 @@ from web.cli import keys_cli
 from web.context import Services
 from web.errors import register_error_handlers, validation_error_response
 from workers.celery_app import make_celery
+from workers.messages import TaskMessages
 
 
 def _services(settings: Settings) -> Services:
     client = connect(settings.redis_url, settings.redis_timeout_seconds)
-    celery = make_celery(settings)
-
-    def enqueue(job_id: str, priority: Priority) -> None:
-        try:
-            celery.send_task(TASK_RUN_JOB, args=[job_id], queue=priority, retry=False)
-        except (BrokerError, redis.RedisError, OSError) as exc:
-            raise UnavailableError("the job queue is unavailable") from exc
-
     engine = make_engine(settings.database_url)
     create_schema(engine)
     jobs_service = JobService(
@@ -44,7 +33,7 @@ def _services(settings: Settings) -> Services:
         EventLog(client, Hub(client)),
         settings.catalog,
         Limiter(client),
-        enqueue,
+        TaskMessages(make_celery(settings)).run_job,
     )
     return Services(settings, client, jobs_service, KeyStore(engine, client))
 

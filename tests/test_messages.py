@@ -1,0 +1,48 @@
+"""The task message the web stores with a job is the one Celery's send_task sends."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from common.config import load_settings
+from common.queues import TASK_RUN_JOB
+from tests.conftest import ROOT, RedisServer
+from workers.celery_app import make_celery
+from workers.messages import TaskMessages
+
+#: Fields that differ between any two sends of the same task.
+_PER_SEND = {
+    ("headers", "id"),
+    ("headers", "root_id"),
+    ("properties", "correlation_id"),
+    ("properties", "delivery_tag"),
+}
+
+
+def _comparable(payload: str | bytes) -> dict[str, Any]:
+    message = json.loads(payload)
+    for section, name in _PER_SEND:
+        message[section][name] = "*"
+    return message
+
+
+def test_a_built_message_matches_what_send_task_pushes(
+    redis_server: RedisServer,
+) -> None:
+    settings = load_settings(
+        {"REDIS_URL": redis_server.url, "LLMQ_CATALOG": str(ROOT / "catalog.yaml")}
+    )
+    app = make_celery(settings)
+    client = redis.Redis.from_url(redis_server.url)
+    # Queues no worker of the test stack consumes, so the sent message stays put.
+    for queue in ("test-messages-interactive", "test-messages-bulk"):
+        client.delete(queue)
+        app.send_task(TASK_RUN_JOB, args=["job_abc"], queue=queue)
+        [sent] = client.lrange(queue, 0, -1)
+        key, built = TaskMessages(app).run_job("job_abc", queue)
+        assert key == queue
+        assert _comparable(built) == _comparable(sent)
+        client.delete(queue)

@@ -1,0 +1,90 @@
+"""Celery task messages as the Redis transport stores them, built without sending.
+
+The web stores a job and the task that runs it in one Redis script, so neither
+exists without the other and a submit costs one round trip instead of two
+(kombu's publish path was a quarter of the web's CPU per request). The message
+is built by Celery (``as_task_v2``) and kombu (``prepare_message``,
+``basic_publish``) as ``send_task`` builds it; only the final ``LPUSH`` is
+handed back instead of sent. tests/test_messages.py compares it with what
+``send_task`` stores, so a Celery or kombu upgrade that changes the format fails
+there first.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
+from kombu.serialization import dumps
+from kombu.transport.virtual import Channel
+
+from common.errors import UnavailableError
+from common.queues import TASK_RUN_JOB
+
+#: kombu's code for a message that survives a broker restart (Celery's default).
+PERSISTENT_DELIVERY_MODE = 2
+
+
+class _Capture:
+    """Stands in for kombu's publish batch: records the command instead of sending."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+
+class TaskMessages:
+    """Builds ``run_job`` task messages for one process (one kombu channel, reused)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._channel: Channel | None = None
+        self._lock = threading.Lock()
+
+    def run_job(self, job_id: str, queue: str) -> tuple[str, str]:
+        """The Redis list and the payload ``send_task`` would ``LPUSH`` for this job."""
+        task = self.app.amqp.as_task_v2(
+            str(uuid.uuid4()),
+            TASK_RUN_JOB,
+            args=[job_id],
+            kwargs={},
+            reply_to=self.app.thread_oid,
+            ignore_result=None,
+        )
+        content_type, content_encoding, body = dumps(
+            task.body, serializer=self.app.conf.task_serializer
+        )
+        channel = self._channel_for_encoding()
+        message = channel.prepare_message(
+            body,
+            0,
+            content_type,
+            content_encoding,
+            task.headers,
+            {**task.properties, "delivery_mode": PERSISTENT_DELIVERY_MODE},
+        )
+        capture = _Capture()
+        channel.basic_publish(message, "", queue, _publish_batch=capture)
+        [(command, (key, payload))] = capture.commands
+        if command != "lpush":
+            raise RuntimeError(f"kombu wanted {command!r} to enqueue a task")
+        return key, payload
+
+    def _channel_for_encoding(self) -> Channel:
+        """A channel made once (one attempt to reach Redis); building sends nothing."""
+        with self._lock:
+            if self._channel is None:
+                connection = self.app.connection_for_write()
+                try:
+                    connection.connect()
+                    self._channel = connection.channel()
+                except (BrokerError, redis.RedisError, OSError) as exc:
+                    connection.release()
+                    raise UnavailableError("the job queue is unavailable") from exc
+            return self._channel
