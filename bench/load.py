@@ -114,7 +114,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     stream = bool(spec["body"].get("stream"))
     samples: list[Sample] = []
 
-    async def user() -> None:
+    async def user(number: int) -> None:
+        # Arrivals spread evenly over the ramp, so the run reaches a steady state
+        # of ``concurrency`` streams instead of starting them all in one burst.
+        await asyncio.sleep(number * spec.get("ramp", 0.0) / spec["concurrency"])
         conn = Connection(spec["host"], spec["port"])
         for _ in range(spec["requests"]):
             began = time.perf_counter()
@@ -132,7 +135,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     cpu = time.process_time()
     start = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(spec["concurrency"])))
+    await asyncio.gather(*(user(n) for n in range(spec["concurrency"])))
     wall = time.perf_counter() - start
     return {
         "wall": wall,

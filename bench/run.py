@@ -46,6 +46,8 @@ class Scenario:
     tokens: int
     delay: float  # seconds between tokens
     target: str
+    #: Seconds over which the connections start (0: all at once).
+    ramp: float = 0.0
 
 
 SCENARIOS = [
@@ -58,6 +60,7 @@ SCENARIOS = [
         100,
         0.02,
         "added TTFT p50 <= 10 ms, p99 <= 50 ms; tokens/s >= 95 % of direct; 0 errors",
+        ramp=2.0,
     ),
     Scenario("capacity", 32, 100, False, 1, 0.0, ">= 700 req/s"),
     Scenario("saturation", 50, 2, True, 50, 0.002, ">= 10,000 tokens/s relayed"),
@@ -69,6 +72,7 @@ SCENARIOS = [
         100,
         0.1,
         "0 errors, TTFT p99 <= 1 s, llmq <= 1 GB resident, Redis connections bounded",
+        ramp=10.0,
     ),
 ]
 SMOKE = [
@@ -145,8 +149,9 @@ class Result:
 class System:
     """Redis, the fake upstream and llmq (web + worker from the Procfile)."""
 
-    def __init__(self, workdir: Path, worker_concurrency: int) -> None:
+    def __init__(self, workdir: Path, worker_concurrency: int, workers: int) -> None:
         self.workdir = workdir
+        self.workers = workers
         self.redis_port, self.upstream_port, self.web_port = _free_ports(3)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -200,7 +205,8 @@ class System:
             if line
         )
         self._spawn("web", procfile["web"].strip())
-        self._spawn("worker", procfile["worker"].strip())
+        for number in range(self.workers):
+            self._spawn(f"worker{number}", procfile["worker"].strip())
         client = redis.Redis.from_url(self.redis_url)
         _wait(client.ping, "redis")
         _wait(
@@ -209,10 +215,9 @@ class System:
             ),
             "llmq web",
         )
-        _wait(
-            lambda: b"ready." in (self.workdir / "worker.log").read_bytes(),
-            "llmq worker",
-        )
+        for number in range(self.workers):
+            log = self.workdir / f"worker{number}.log"
+            _wait(lambda log=log: b"ready." in log.read_bytes(), "llmq worker")
 
         def create_key() -> bool:
             resp = requests.post(
@@ -236,7 +241,11 @@ class System:
                 proc.kill()
 
     def groups(self) -> dict[str, list[int]]:
-        return {name: tree(proc.pid) for name, proc in self.procs.items()}
+        """Process ids by role; all worker processes count as one ``worker``."""
+        groups: dict[str, list[int]] = {}
+        for name, proc in self.procs.items():
+            groups.setdefault(name.rstrip("0123456789"), []).extend(tree(proc.pid))
+        return groups
 
     def run(self, scenario: Scenario, mode: str) -> Result:
         body = {
@@ -254,6 +263,7 @@ class System:
             "body": body,
             "concurrency": scenario.concurrency,
             "requests": scenario.requests,
+            "ramp": scenario.ramp,
         }
         groups = self.groups()
         before = {name: cpu_seconds(pids) for name, pids in groups.items()}
@@ -451,20 +461,30 @@ def machine() -> str:
     help="LLMQ_WORKER_CONCURRENCY for the worker (the scale scenario needs 1000).",
 )
 @click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    help="Worker processes started from the Procfile's worker line (one per core).",
+)
+@click.option(
     "--write",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write the tables to this Markdown file.",
 )
 def main(
-    smoke: bool, only: tuple[str, ...], worker_concurrency: int, write: Path | None
+    smoke: bool,
+    only: tuple[str, ...],
+    worker_concurrency: int,
+    workers: int,
+    write: Path | None,
 ) -> None:
     """Run the benchmark and print one table."""
     scenarios = [
         s for s in (SMOKE if smoke else SCENARIOS) if not only or s.name in only
     ]
     with tempfile.TemporaryDirectory(prefix="llmq-bench-") as tmp:
-        system = System(Path(tmp), worker_concurrency)
+        system = System(Path(tmp), worker_concurrency, workers)
         try:
             system.start()
             results = []
