@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 import uuid
@@ -398,6 +400,44 @@ def test_in_stream_error_chunk_raises_provider_error_mentioning_boom(
 
     assert contents(received) == ["tok0 ", "tok1 "]
     assert API_KEY not in info.value.message
+
+
+def test_a_stream_without_chunked_encoding_is_relayed_as_it_arrives() -> None:
+    """An upstream that ends its SSE body by closing (no Transfer-Encoding)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            first = {"choices": [{"index": 0, "delta": {"content": "a"}}]}
+            conn.sendall(f"data: {json.dumps(first)}\n\n".encode())
+            release.wait(5)
+            last = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            conn.sendall(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    chunks = openai_provider(f"http://127.0.0.1:{port}/v1").stream(
+        MODEL, {"messages": MESSAGES}, CancelToken()
+    )
+    first = next(chunks)  # arrives while the upstream still holds the rest back
+    release.set()
+    rest = list(chunks)
+    listener.close()
+    assert first["choices"][0]["delta"] == {"content": "a"}
+    assert rest[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 def test_unreachable_base_url_is_unavailable() -> None:

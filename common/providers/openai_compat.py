@@ -34,6 +34,8 @@ from common.providers.sse import iter_sse
 
 #: Connections kept open to one provider host: one per concurrent stream.
 POOL_MAXSIZE = 1000
+#: Most bytes taken from an upstream socket by one read.
+READ_BYTES = 65536
 #: How much of an upstream error body is quoted in our error message.
 ERROR_QUOTE_CHARS = 300
 
@@ -60,6 +62,16 @@ def _set_read_timeout(resp: urllib3.HTTPResponse, seconds: float) -> None:
     sock = getattr(resp.connection, "sock", None)
     if sock is not None:
         sock.settimeout(seconds)
+
+
+def _arrivals(resp: urllib3.HTTPResponse) -> Iterator[bytes]:
+    """The body in the pieces it arrives in (``read1``: one read, one HTTP chunk at
+    most). ``stream()`` would read a body without chunked encoding (ended by
+    closing the connection) to its end before yielding anything.
+    """
+    decode = bool(resp.headers.get("Content-Encoding"))
+    while data := resp.read1(READ_BYTES, decode_content=decode):
+        yield data
 
 
 def _connection_pool(base_url: str) -> HTTPConnectionPool:
@@ -186,7 +198,7 @@ class OpenAICompatProvider:
         finished = done = False
         waiting_for_first = True
         try:
-            for event in iter_sse(resp.stream(None, decode_content=True)):
+            for event in iter_sse(_arrivals(resp)):
                 if waiting_for_first:
                     # The read timeout so far was the first-token one; from now on
                     # a silence longer than ``idle`` is the provider stalling.
