@@ -3,8 +3,10 @@
 Each run hands its relabelled chunks to the process's ``DeltaBatcher``; one
 writer greenlet sends what all runs have pending to Redis in one call (one
 transition per run, see ``JobStore.append_many``). Writes start at most once per
-window (``LLMQ_DELTA_WINDOW_MS``), except that a run's first chunk and its last
-flush go at once, so time to first token and end of reply never wait for it.
+window (``LLMQ_DELTA_WINDOW_MS``), except that a run's first chunk goes at once,
+so time to first token never waits for it; what is still pending when a run's
+stream ends is handed back to ride along with the run's own next write (its
+finish), so the end of a reply does not wait either.
 Chunks that pile up in between are merged (plain content deltas concatenate),
 so Redis round trips, published messages and client writes grow with the
 number of busy runs and the window, not with the number of tokens.
@@ -71,6 +73,7 @@ class RunDeltas:
         self.unsaved = unsaved
         self.on_result = on_result
         self.pending: list[dict[str, Any]] = []
+        self.in_flight = False
         self.started = False
         #: Set while nothing of this run is pending or being written.
         self.idle = threading.Event()
@@ -80,11 +83,13 @@ class RunDeltas:
     def add(self, chunk: dict[str, Any]) -> None:
         self._batcher.add(self, chunk)
 
-    def close(self) -> None:
-        """Return once every chunk added so far is written (no window wait)."""
-        if not self.idle.is_set():
-            self._batcher.hurry()
-        self.idle.wait()
+    def detach(self) -> list[dict[str, Any]]:
+        """Stop: the chunks not yet written, for the run's next own write to carry.
+
+        Returns once a write of this run's earlier chunks that is in flight has
+        landed, so the caller's write cannot overtake it.
+        """
+        return self._batcher.detach(self)
 
 
 class DeltaBatcher:
@@ -125,9 +130,14 @@ class DeltaBatcher:
                 ).start()
         self._wake.set()
 
-    def hurry(self) -> None:
-        """Write what is pending now instead of at the end of the window."""
-        self._urgent.set()
+    def detach(self, run: RunDeltas) -> list[dict[str, Any]]:
+        with self._lock:
+            leftover, run.pending = run.pending, []
+            self._dirty.pop(id(run), None)
+            if not run.in_flight:
+                run.idle.set()
+        run.idle.wait()
+        return leftover
 
     def _take(self) -> list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]:
         with self._lock:
@@ -139,6 +149,7 @@ class DeltaBatcher:
                 run.unsaved.clear()
                 batch.append((run, run.pending, fields))
                 run.pending = []
+                run.in_flight = True
             if self._dirty:
                 self._wake.set()
             return batch
@@ -172,6 +183,7 @@ class DeltaBatcher:
                 run.on_result(result)
             with self._lock:
                 for run, _, _ in batch:
+                    run.in_flight = False
                     if not run.pending:
                         run.idle.set()
             rest = began + self._window - time.monotonic()
@@ -185,6 +197,7 @@ class DeltaBatcher:
         """Put a failed write back in front of what arrived since, to try again."""
         with self._lock:
             for run, chunks, fields in batch:
+                run.in_flight = False
                 for name, value in fields.items():
                     run.unsaved.setdefault(name, value)
                 later, run.pending = run.pending, chunks

@@ -56,6 +56,13 @@ class Run:
     #: Record fields changed by this run and not yet written; they ride along
     #: with its next write (the run owns the job, so nobody else changes them).
     unsaved: dict[str, Any] = field(default_factory=dict)
+    #: Deltas its stream left unwritten; they go first in its next own write.
+    unsent: list[tuple[str, str]] = field(default_factory=list)
+
+    def take_unsent(self, events: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``events`` preceded by the unsent deltas, which are then forgotten."""
+        unsent, self.unsent = self.unsent, []
+        return [*unsent, *events]
 
 
 @dataclass
@@ -253,7 +260,7 @@ class JobRunner:
                 if run.cancel.is_set():
                     return
         finally:
-            deltas.close()
+            run.unsent += [("delta", dumps(chunk)) for chunk in deltas.detach()]
             self.limiter.release_slots(run.token, run.slot_scopes)
             run.slot_scopes = []
             used = acc.final_usage(prompt)["total_tokens"] if acc.chunks else 0
@@ -333,7 +340,10 @@ class JobRunner:
         self._note(
             run,
             self.store.transition(
-                job, fields=fields, events=events, lease=("hold", run.token)
+                job,
+                fields=fields,
+                events=run.take_unsent(events),
+                lease=("hold", run.token),
             ),
         )
 
@@ -370,7 +380,7 @@ class JobRunner:
         fields: dict[str, Any] = {**run.unsaved, "usage": usage}
         if status == "succeeded" or acc.chunks:
             fields["result"] = acc.completion(usage)
-        events = []
+        events = run.take_unsent([])
         if error is not None:
             fields["error"] = error.to_dict()
             events.append(("error", dumps(error.to_dict())))
@@ -393,9 +403,9 @@ class JobRunner:
             job,
             expected=("running",),
             fields={**run.unsaved, "status": "queued"},
-            events=[
-                ("status", dumps({"status": "queued", "reason": "worker shutdown"}))
-            ],
+            events=run.take_unsent(
+                [("status", dumps({"status": "queued", "reason": "worker shutdown"}))]
+            ),
             lease=("drop", run.token),
         )
         if moved.applied:

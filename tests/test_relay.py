@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -67,10 +68,11 @@ def _job(job_id: str) -> JobRecord:
 def test_the_batcher_writes_every_run_in_order_and_merges_what_piles_up() -> None:
     written: dict[str, list[str]] = {"a": [], "b": []}
     calls: list[int] = []
-    gate = threading.Event()
+    writing, gate = threading.Event(), threading.Event()
 
     def slow_write(appends: Sequence[Append]) -> list[Transition]:
-        gate.wait(1)
+        writing.set()
+        gate.wait(5)
         calls.append(len(appends))
         for job, _, _, events in appends:
             written[job.id].extend(data for _, data in events)
@@ -81,20 +83,33 @@ def test_the_batcher_writes_every_run_in_order_and_merges_what_piles_up() -> Non
     runs = {
         name: batcher.open(_job(name), "t", {}, results.append) for name in ("a", "b")
     }
-    for piece in "abcdef":
+    for run in runs.values():
+        run.add(chunk({"content": "a"}))
+    assert writing.wait(5), "a run's first chunk is written at once"
+    for piece in "bcdef":
         for run in runs.values():
             run.add(chunk({"content": piece}))
+    leftovers: dict[str, list[dict[str, Any]]] = {}
+    detaching = [
+        threading.Thread(target=lambda n=n, r=r: leftovers.update({n: r.detach()}))
+        for n, r in runs.items()
+    ]
+    for thread in detaching:
+        thread.start()
+    time.sleep(0.1)
+    assert not leftovers, "detach waits for the write in flight"
     gate.set()
-    for run in runs.values():
-        run.close()
+    for thread in detaching:
+        thread.join(5)
     for name in ("a", "b"):
-        text = "".join(
-            json.loads(d)["choices"][0]["delta"]["content"] for d in written[name]
-        )
-        assert text == "abcdef"
-        assert len(written[name]) < 6, "chunks behind a slow write were merged"
-    assert max(calls) == 2, "both runs went in one write"
-    assert len(results) == sum(calls)
+        assert [json.loads(d)["choices"][0]["delta"] for d in written[name]] == [
+            {"content": "a"}
+        ]
+        assert [c["choices"][0]["delta"] for c in leftovers[name]] == [
+            {"content": "bcdef"}
+        ], "what piled up behind the write merged, and is handed back"
+    assert calls == [2], "both runs went in one write"
+    assert len(results) == 2
 
 
 def test_append_many_applies_each_job_and_publishes_one_message_each(
