@@ -171,6 +171,14 @@ class Catalog:
         """The model's timeouts, else its provider's."""
         return model.timeouts or self.providers[model.provider].timeouts
 
+    def total_timeouts(self) -> dict[tuple[str, str], float]:
+        """Each enabled (provider, model id)'s total timeout: a run's deadline."""
+        return {
+            (model.provider, model.id): self.timeouts_for(model).total
+            for provider in self.providers
+            for model in self.enabled_models(provider)
+        }
+
     def retry_for(self, model: ModelConfig) -> RetryPolicy:
         """The model's retry policy, else its provider's."""
         return model.retry or self.providers[model.provider].retry

@@ -109,18 +109,11 @@ class JobRunner:
 
     def run(self, job_id: str) -> None:
         """Run a job to a terminal state, unless it ended or another run owns it."""
-        job = self.store.get(job_id)
-        if job is None:
-            log.warning("job %s not found (expired?); dropping its task", job_id)
-            return
-        if job.terminal:
-            return
-        model = self.catalog.find_model(job.model, job.provider)
-        total = self.catalog.timeouts_for(model).total if model else 0.0
-        started = self._start(job, uuid.uuid4().hex, total)
+        started = self._start(job_id, uuid.uuid4().hex)
         if started is None:
             return
         job, run = started
+        model = self.catalog.find_model(job.model, job.provider)
         try:
             if model is None:
                 error: GatewayError = InvalidModelError(
@@ -137,36 +130,22 @@ class JobRunner:
                 self.active.pop(job.id, None)
         self._conclude(job, run, outcome)
 
-    def _start(
-        self, job: JobRecord, token: str, total: float
-    ) -> tuple[JobRecord, Run] | None:
-        start = now()
-        started_at: float = job.started_at or start
-        fields = {
-            "status": "running",
-            "started_at": started_at,
-            "deadline_at": start + total,
-        }
-        status: dict[str, Any] = {"status": "running"}
-        if job.attempts:
-            status["reset"] = True  # an earlier run may have relayed text
-            log.warning("job %s is being run again after a lost run", job.id)
-        moved = self.store.transition(
-            job,
-            expected=("queued", "running"),
-            fields=fields,
-            events=[("status", dumps(status))],
-            lease=("take", token),
-            lease_seconds=self.lease_seconds,
-        )
-        if not moved.applied:
-            log.info("job %s is %s or leased elsewhere; skipping", job.id, moved.status)
+    def _start(self, job_id: str, token: str) -> tuple[JobRecord, Run] | None:
+        """Take the job's lease and mark it running; None if it is not ours to run."""
+        job, moved = self.store.start(job_id, token, self.lease_seconds)
+        if job is None:
+            log.warning("job %s not found (expired?); dropping its task", job_id)
             return None
+        if not moved.applied:
+            log.info("job %s is %s or leased elsewhere; skipping", job_id, job.status)
+            return None
+        if job.attempts:
+            log.warning("job %s is being run again after a lost run", job_id)
         run = Run(
             job.id,
             token,
             self.cancels.register(job.id),
-            start + total,
+            job.deadline_at or now(),
             job.attempts,
             job.provider,
         )
@@ -174,13 +153,7 @@ class JobRunner:
             self.active[job.id] = run
         if moved.cancel_requested:
             run.cancel.cancel(reasons.CANCELLED)
-        started = dataclasses.replace(
-            job,
-            status="running",
-            started_at=started_at,
-            deadline_at=start + total,
-        )
-        return started, run
+        return job, run
 
     def _execute(self, job: JobRecord, run: Run, model: ModelConfig) -> Outcome:
         """Try the model, with retries, then its fallbacks, until one succeeds."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -146,6 +146,49 @@ return results
 """
 )
 
+# A run starting a job: take its lease and mark it running (see ``start``).
+# KEYS: job, events, interactive queued zset, lease, running zset, notify
+#       channel, bulk queued zset. ARGV: job id, run token, lease ms, now.
+# Returns false for no job, else {transition result, the record's HGETALL}.
+# TOTALS (filled in per catalog) maps hex("<provider>\\n<model>") to the model's
+# total timeout, so the deadline is stored with the start.
+_START = """
+local TOTALS = %s
+local priority = redis.call('HGET', KEYS[1], 'priority')
+if not priority then return false end
+local queued = KEYS[3]
+if priority == 'bulk' then queued = KEYS[7] end
+local data = '{"status":"running"}'
+if (tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0) > 0 then
+  data = '{"status":"running","reset":true}'  -- an earlier run may have relayed text
+end
+local job = redis.call('HMGET', KEYS[1], 'provider', 'model', 'started_at')
+local name = (job[1] or '') .. '\\n' .. (job[2] or '')
+local hex = name:gsub('.', function(c) return string.format('%%02x', c:byte()) end)
+local deadline = tonumber(ARGV[4]) + (TOTALS[hex] or 0)
+local fields = {'status', 'running', 'deadline_at', tostring(deadline)}
+if not job[3] or job[3] == '' then
+  fields[#fields + 1] = 'started_at'
+  fields[#fields + 1] = ARGV[4]
+end
+local A = {'0', 'queued,running', ARGV[1], 'take', ARGV[2], ARGV[3], #fields / 2}
+for _, v in ipairs(fields) do A[#A + 1] = v end
+for _, v in ipairs({'1', 'status', data}) do A[#A + 1] = v end
+local K = {KEYS[1], KEYS[2], queued, KEYS[4], KEYS[5], KEYS[6]}
+return {transition(K, A), redis.call('HGETALL', KEYS[1])}
+"""
+
+
+def _start_script(totals: Mapping[tuple[str, str], float]) -> str:
+    """The start script with each (provider, model)'s total timeout built in."""
+    entries = (
+        (f"{provider}\n{model}".encode().hex(), float(seconds))
+        for (provider, model), seconds in totals.items()
+    )
+    table = ", ".join(f'["{name}"] = {seconds!r}' for name, seconds in entries)
+    return _TRANSITION_FUNCTION + _START % ("{" + table + "}")
+
+
 # KEYS: lease, running zset. ARGV: token, lease ms, job id.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -274,12 +317,19 @@ def record_from(fields: dict[str, Any]) -> JobRecord:
 class JobStore:
     """Reads and writes job records and appends to their event logs."""
 
-    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ttl_seconds: int,
+        totals: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
+        """``totals``: each (provider, model)'s total timeout, for ``start``."""
         self.redis = client
         self.ttl_seconds = ttl_seconds
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._transition_many = client.register_script(_TRANSITION_MANY)
+        self._start = client.register_script(_start_script(totals or {}))
         self._renew = client.register_script(_RENEW)
         self._expired = client.register_script(_EXPIRED)
 
@@ -363,6 +413,36 @@ class JobStore:
             refresh_ttl=refresh_ttl,
         )
         return _transition_result(self._transition(keys=step[0], args=step[1]))
+
+    def start(
+        self, job_id: str, token: str, lease_seconds: float
+    ) -> tuple[JobRecord | None, Transition]:
+        """Take a queued (or orphaned running) job's lease and mark it running.
+
+        One round trip: the lease, the status, ``started_at`` (kept from an
+        earlier run), ``deadline_at`` (now plus the model's total timeout), a
+        ``status`` event (with ``reset: true`` when an earlier
+        run may have relayed text) and the record as it is afterwards. Refused,
+        with the record, when the job ended or another run holds its lease.
+        Returns ``(None, refused)`` when there is no such job.
+        """
+        reply = self._start(
+            keys=[
+                keys.job_key(job_id),
+                keys.events_key(job_id),
+                keys.queued_key("interactive"),
+                keys.lease_key(job_id),
+                keys.RUNNING_KEY,
+                keys.notify_channel(job_id),
+                keys.queued_key("bulk"),
+            ],
+            args=[job_id, token, int(lease_seconds * 1000), now()],
+        )
+        if not reply:
+            return None, Transition(False, "", False)
+        result, flat = reply
+        record = dict(zip(flat[::2], flat[1::2], strict=True))
+        return _decode(record), _transition_result(result)
 
     def append_many(self, appends: Sequence[Append]) -> list[Transition]:
         """Several runs' appends in one round trip, each applied as ``transition``

@@ -36,7 +36,11 @@ def _supervisor_for(app: LlmqCelery) -> Supervisor:
                 app.send_task(TASK_RUN_JOB, args=[job_id], queue=priority)
 
             runner = JobRunner(
-                JobStore(client, settings.job_ttl_seconds),
+                JobStore(
+                    client,
+                    settings.job_ttl_seconds,
+                    settings.catalog.total_timeouts(),
+                ),
                 settings.catalog,
                 CancelRegistry(client),
                 Limiter(client),
