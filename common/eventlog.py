@@ -165,19 +165,30 @@ class EventLog:
         return _events(cast(_Entries, entries))
 
     def follow(
-        self, job_id: str, after: int, idle_seconds: float
+        self,
+        job_id: str,
+        after: int,
+        idle_seconds: float,
+        inbox: queue.SimpleQueue[Event] | None = None,
     ) -> Iterator[Event | None]:
         """Yield every event after ``after`` until ``done``; None after each idle spell.
 
-        Ends early if the log disappears (the job expired).
+        ``inbox``: the job's subscription, taken before any event after ``after``
+        could be written (its submitter subscribed before creating it), so the
+        first read of the log is skipped. Ends early if the log disappears (the
+        job expired).
         """
-        inbox = self.hub.subscribe(job_id)
+        fresh = inbox is not None
+        if inbox is None:
+            inbox = self.hub.subscribe(job_id)
         try:
             last, idle = after, False
             while True:
-                # Backfill what the stream holds beyond ``last``: at the start,
-                # after a skipped id, and after a silence.
-                batch = self.read(job_id, last)
+                # Backfill what the stream holds beyond ``last``: at the start
+                # (unless subscribed before the job existed), after a skipped id,
+                # and after a silence.
+                batch = [] if fresh else self.read(job_id, last)
+                fresh = False
                 for event in batch:
                     yield event
                     last = event.id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -143,6 +144,8 @@ class Submission:
 
     job: JobRecord
     admission: Admission
+    #: The job's events from its creation on, when the submitter asked to follow.
+    inbox: queue.SimpleQueue[Event] | None = None
 
 
 def rate_limit_headers(caller: KeyIdentity, admission: Admission) -> dict[str, str]:
@@ -196,8 +199,12 @@ class JobService:
         priority: Priority = "interactive",
         metadata: dict[str, Any] | None = None,
         idempotency: str | None = None,
+        follow: bool = False,
     ) -> Submission:
         """Validate, admit under the key's limits, store the job with its task.
+
+        With ``follow`` the job's channel is subscribed before the job exists, so
+        following it (``Submission.inbox``) needs no first read of its log.
 
         Raises:
             RateLimitedError: the key's rpm, tpm or concurrency is used up.
@@ -236,13 +243,21 @@ class JobService:
                 dumps([model.id, model.provider, priority, metadata, body]).encode()
             ).hexdigest()
             claim = (idempotency_key(caller.id, idempotency), f"{digest} {job_id}")
-        prior = self.store.create(
-            fields, claim, task=self.task_message(job_id, priority)
-        )
+        inbox = self.events.hub.subscribe(job_id) if follow else None
+        try:
+            prior = self.store.create(
+                fields, claim, task=self.task_message(job_id, priority)
+            )
+        except BaseException:
+            if inbox is not None:
+                self.events.hub.unsubscribe(job_id, inbox)
+            raise
         if prior is not None:
+            if inbox is not None:
+                self.events.hub.unsubscribe(job_id, inbox)
             self.limiter.release_slots(job_id, [key_slot(caller.id)])
             return Submission(self._replay(caller, prior, claim), admission)
-        return Submission(record_from(fields), admission)
+        return Submission(record_from(fields), admission, inbox)
 
     def _admit(self, caller: KeyIdentity, tokens: int) -> Admission:
         admission = self.limiter.admit(key_rates(caller, tokens))
@@ -292,10 +307,17 @@ class JobService:
         return self.store.get(job.id) or latest
 
     def follow(
-        self, job: JobRecord, after: int, idle_seconds: float
+        self,
+        job: JobRecord,
+        after: int,
+        idle_seconds: float,
+        inbox: queue.SimpleQueue[Event] | None = None,
     ) -> Iterator[Event | None]:
-        """The job's events after ``after``, live, ending with ``done``."""
-        return self.events.follow(job.id, after, idle_seconds)
+        """The job's events after ``after``, live, ending with ``done``.
+
+        ``inbox``: the subscription ``submit`` took for a new job (see there).
+        """
+        return self.events.follow(job.id, after, idle_seconds, inbox)
 
     def cancel(self, caller: KeyIdentity, job_id: str) -> JobRecord:
         """Cancel a job: a queued one ends at once, a running one is signalled."""

@@ -19,6 +19,8 @@ import redis
 from common import keys
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+#: Id of the ``queued`` event a job is created with (its log's first entry).
+CREATED_EVENT_ID = 1
 #: How long an ``Idempotency-Key`` remembers its job (24 h).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 

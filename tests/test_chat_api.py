@@ -7,8 +7,10 @@ import uuid
 
 import openai
 import pytest
+import redis
 import requests
 
+from common import keys
 from tests.conftest import FAKE_PROVIDER_KEY, Stack, chat_body, wait_until
 
 HI = [{"role": "user", "content": "hi"}]
@@ -306,3 +308,28 @@ def test_a_silence_longer_than_the_blocking_read_window_is_no_503(
         f"{stack.url}/v1/jobs/{job['id']}?wait=20", headers=auth, timeout=30
     )
     assert waited.status_code == 200 and waited.json()["status"] == "succeeded"
+
+
+def test_a_finished_request_leaves_no_subscription_behind(
+    stack: Stack, auth: dict[str, str]
+) -> None:
+    """The channel a chat request subscribes before creating its job is released."""
+    client = redis.Redis.from_url(stack.redis_url)
+    job_ids = []
+    for stream in (False, True):
+        resp = requests.post(
+            f"{stack.url}/v1/chat/completions",
+            json=chat_body(stream=stream),
+            headers=auth,
+            timeout=30,
+        )
+        assert resp.status_code == 200
+        _ = resp.content
+        job_ids.append(resp.headers["X-Job-Id"])
+    for job_id in job_ids:
+        channel = keys.notify_channel(job_id)
+        wait_until(
+            lambda channel=channel: client.pubsub_numsub(channel)[0][1] == 0,
+            5,
+            f"no subscriber left on {channel}",
+        )

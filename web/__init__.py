@@ -20,6 +20,7 @@ from web import admin, chat, envelope, health, jobs, legacy, models
 from web.cli import keys_cli
 from web.context import Services
 from web.errors import register_error_handlers, validation_error_response
+from web.relay import drop_unfollowed
 from workers.celery_app import make_celery
 from workers.messages import TaskMessages
 
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     for surface in (health, chat, models, jobs, envelope, legacy, admin):
         app.register_api(surface.bp)
     app.cli.add_command(keys_cli)
+
+    app.teardown_request(drop_unfollowed)
 
     @app.after_request
     def _job_headers(response: Response) -> Response:

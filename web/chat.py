@@ -42,7 +42,9 @@ def create_pinned_chat_completion(path: ProviderPath, body: ChatRequest) -> Resp
 
 def _complete(body: ChatRequest, provider: str | None) -> Response:
     svc = services()
-    job = submitted(svc.jobs.submit(auth.caller(), body, provider=provider))
+    job = submitted(
+        svc.jobs.submit(auth.caller(), body, provider=provider, follow=True)
+    )
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)

@@ -85,7 +85,7 @@ def list_envelope_models() -> Response:
 @bp.post("/chat")
 def envelope_chat(body: EnvelopeChatRequest) -> Response:
     """Chat in the envelope format, streamed or not."""
-    job = submitted(services().jobs.submit(auth.caller(), body))
+    job = submitted(services().jobs.submit(auth.caller(), body, follow=True))
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)

@@ -32,7 +32,7 @@ _TEXT = "text/plain; charset=utf-8"
 def legacy_chat(body: LegacyChatRequest) -> Response:
     """Chat answered as plain text; with ``stream`` the text flows as it is made."""
     request = body.to_chat()
-    job = submitted(services().jobs.submit(auth.caller(), request))
+    job = submitted(services().jobs.submit(auth.caller(), request, follow=True))
     headers = {"X-Job-Id": job.id}
     if not body.stream:
         done = await_result(job)

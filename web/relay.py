@@ -12,7 +12,7 @@ from flask import g, request
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
 from common.eventlog import Event
 from common.jobs import Submission, rate_limit_headers
-from common.storage import JobRecord
+from common.storage import CREATED_EVENT_ID, JobRecord
 from web import auth
 from web.context import services
 
@@ -26,10 +26,31 @@ FIRST_OUTPUT_WAIT_SECONDS = 30.0
 
 
 def submitted(submission: Submission) -> JobRecord:
-    """Note the job id and the key's rate-limit state for the answer's headers."""
+    """Note the job id and the key's rate-limit state for the answer's headers,
+    and the subscription a following submit took (see ``_follow``).
+    """
     g.job_id = submission.job.id
     g.rate_headers = rate_limit_headers(auth.caller(), submission.admission)
+    if submission.inbox is not None:
+        g.inbox = (submission.job.id, submission.inbox)
     return submission.job
+
+
+def _follow(job: JobRecord) -> Iterator[Event | None]:
+    """The job's events, through the subscription its submit took if there is one
+    (then after the ``queued`` event it was created with, without reading the log).
+    """
+    svc = services()
+    _, inbox = g.pop("inbox", (job.id, None))
+    after = CREATED_EVENT_ID if inbox is not None else 0
+    return svc.jobs.follow(job, after, svc.settings.sse_keepalive_seconds, inbox)
+
+
+def drop_unfollowed(_: BaseException | None = None) -> None:
+    """Teardown: end a subscription a submit took for a job nobody followed."""
+    job_id, inbox = g.pop("inbox", (None, None))
+    if inbox is not None:
+        services().jobs.events.hub.unsubscribe(job_id, inbox)
 
 
 def await_result(job: JobRecord) -> dict[str, Any]:
@@ -37,9 +58,8 @@ def await_result(job: JobRecord) -> dict[str, Any]:
 
     Raises the job's error unless it succeeded.
     """
-    svc = services()
     give_up = time.monotonic() + RESULT_WAIT_SECONDS
-    for event in svc.jobs.follow(job, 0, svc.settings.sse_keepalive_seconds):
+    for event in _follow(job):
         if event is not None and event.type == "done":
             final: dict[str, Any] = json.loads(event.data)
             if final["status"] == "failed":
@@ -58,8 +78,7 @@ def follow_from_first_output(job: JobRecord) -> Iterator[Event | None]:
     Reading ahead lets a job that fails before producing anything be answered
     with its proper HTTP status instead of a 200 stream that carries an error.
     """
-    svc = services()
-    events = svc.jobs.follow(job, 0, svc.settings.sse_keepalive_seconds)
+    events = _follow(job)
     head: list[Event | None] = []
     give_up = time.monotonic() + FIRST_OUTPUT_WAIT_SECONDS
     for event in events:
