@@ -141,6 +141,9 @@ class DeltaBatcher:
 
     def _take(self) -> list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]:
         with self._lock:
+            # First chunks taken now are served by this write; only ones that
+            # arrive while it is in flight may cut the next window short.
+            self._urgent.clear()
             runs = list(self._dirty.values())[:MAX_RUNS_PER_WRITE]
             batch = []
             for run in runs:
@@ -189,7 +192,6 @@ class DeltaBatcher:
             rest = began + self._window - time.monotonic()
             if rest > 0:
                 self._urgent.wait(rest)
-            self._urgent.clear()
 
     def _restore(
         self, batch: list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]

@@ -151,3 +151,32 @@ def test_append_many_applies_each_job_and_publishes_one_message_each(
         2,
         3,
     ]
+
+
+def test_the_window_sends_a_first_chunk_at_once_and_merges_what_follows() -> None:
+    writes: list[tuple[float, list[str]]] = []
+
+    def write(appends: Sequence[Append]) -> list[Transition]:
+        for _, _, _, events in appends:
+            writes.append((time.monotonic(), [data for _, data in events]))
+        return [Transition(True, "running", False)] * len(appends)
+
+    batcher = DeltaBatcher(write, window_seconds=0.3)
+    run = batcher.open(_job("w"), "t", {}, lambda _: None)
+    began = time.monotonic()
+    run.add(chunk({"content": "a"}))
+    for piece in "bcd":
+        time.sleep(0.02)
+        run.add(chunk({"content": piece}))
+    deadline = time.monotonic() + 5
+    while len(writes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (first_at, first), (second_at, second) = writes
+    assert first_at - began < 0.15, "the first chunk did not wait for the window"
+    assert second_at - first_at >= 0.25, "later chunks waited out the window"
+    assert [
+        json.loads(d)["choices"][0]["delta"]["content"] for d in first + second
+    ] == [
+        "a",
+        "bcd",
+    ]
