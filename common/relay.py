@@ -177,12 +177,18 @@ class DeltaBatcher:
                         for run, chunks, fields in batch
                     ]
                 )
-            except redis.RedisError:
-                log.warning("could not write deltas; retrying", exc_info=True)
+            except (redis.ConnectionError, redis.TimeoutError):
+                log.warning("could not reach Redis to write deltas; retrying")
                 self._restore(batch)
                 threading.Event().wait(RETRY_SECONDS)
                 continue
-            for (run, _, _), result in zip(batch, results, strict=True):
+            except Exception:
+                # Not transient: retrying would block these runs for ever. Their
+                # live stream loses these deltas; each run's finish still stores
+                # its whole reply (and fails the same way if Redis keeps refusing).
+                log.exception("dropped a write of %d runs' deltas", len(batch))
+                results = []
+            for (run, _, _), result in zip(batch, results, strict=False):
                 run.on_result(result)
             with self._lock:
                 for run, _, _ in batch:

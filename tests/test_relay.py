@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -180,3 +180,35 @@ def test_the_window_sends_a_first_chunk_at_once_and_merges_what_follows() -> Non
         "a",
         "bcd",
     ]
+
+
+def test_a_write_that_fails_for_good_is_dropped_and_the_writer_goes_on() -> None:
+    written: list[str] = []
+    failures = [ValueError("a script bug")]
+
+    def write(appends: Sequence[Append]) -> list[Transition]:
+        if failures:
+            raise failures.pop()
+        for _, _, _, events in appends:
+            written.extend(data for _, data in events)
+        return [Transition(True, "running", False)] * len(appends)
+
+    batcher = DeltaBatcher(write)
+    first = batcher.open(_job("x"), "t", {}, lambda _: None)
+    first.add(chunk({"content": "lost"}))
+    _wait_for(lambda: not failures)
+    assert first.detach() == [], "nothing is left waiting on the failed write"
+    second = batcher.open(_job("y"), "t", {}, lambda _: None)
+    second.add(chunk({"content": "kept"}))
+    _wait_for(lambda: bool(written))
+    assert second.detach() == []
+    assert [json.loads(d)["choices"][0]["delta"]["content"] for d in written] == [
+        "kept"
+    ]
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
