@@ -244,17 +244,16 @@ class JobService:
             ).hexdigest()
             claim = (idempotency_key(caller.id, idempotency), f"{digest} {job_id}")
         inbox = self.events.hub.subscribe(job_id) if follow else None
+        created = False
         try:
             prior = self.store.create(
                 fields, claim, task=self.task_message(job_id, priority)
             )
-        except BaseException:
-            if inbox is not None:
-                self.events.hub.unsubscribe(job_id, inbox)
-            raise
+            created = prior is None
+        finally:
+            if inbox is not None and not created:
+                self.unfollow(job_id, inbox)
         if prior is not None:
-            if inbox is not None:
-                self.events.hub.unsubscribe(job_id, inbox)
             self.limiter.release_slots(job_id, [key_slot(caller.id)])
             return Submission(self._replay(caller, prior, claim), admission)
         return Submission(record_from(fields), admission, inbox)
@@ -318,6 +317,10 @@ class JobService:
         ``inbox``: the subscription ``submit`` took for a new job (see there).
         """
         return self.events.follow(job.id, after, idle_seconds, inbox)
+
+    def unfollow(self, job_id: str, inbox: queue.SimpleQueue[Event]) -> None:
+        """Drop a subscription ``submit`` took that nobody will follow."""
+        self.events.hub.unsubscribe(job_id, inbox)
 
     def cancel(self, caller: KeyIdentity, job_id: str) -> JobRecord:
         """Cancel a job: a queued one ends at once, a running one is signalled."""

@@ -68,11 +68,10 @@ def _relay(
             yield data_line(dumps({"error": json.loads(event.data)}).encode())
             return
         elif event.type == "done":
-            final = json.loads(event.data)
-            if include_usage and final.get("usage"):
-                chunk = usage_chunk(
-                    job.id, job.model, int(job.created_at), final["usage"]
-                )
+            # The done event carries the whole reply: parse it only for its usage.
+            usage = json.loads(event.data).get("usage") if include_usage else None
+            if usage:
+                chunk = usage_chunk(job.id, job.model, int(job.created_at), usage)
                 yield data_line(dumps(chunk).encode())
             yield DONE
             return

@@ -32,7 +32,7 @@ def submitted(submission: Submission) -> JobRecord:
     g.job_id = submission.job.id
     g.rate_headers = rate_limit_headers(auth.caller(), submission.admission)
     if submission.inbox is not None:
-        g.inbox = (submission.job.id, submission.inbox)
+        g.inbox = submission.inbox
     return submission.job
 
 
@@ -41,16 +41,16 @@ def _follow(job: JobRecord) -> Iterator[Event | None]:
     (then after the ``queued`` event it was created with, without reading the log).
     """
     svc = services()
-    _, inbox = g.pop("inbox", (job.id, None))
+    inbox = g.pop("inbox", None)
     after = CREATED_EVENT_ID if inbox is not None else 0
     return svc.jobs.follow(job, after, svc.settings.sse_keepalive_seconds, inbox)
 
 
 def drop_unfollowed(_: BaseException | None = None) -> None:
     """Teardown: end a subscription a submit took for a job nobody followed."""
-    job_id, inbox = g.pop("inbox", (None, None))
+    inbox = g.pop("inbox", None)
     if inbox is not None:
-        services().jobs.events.hub.unsubscribe(job_id, inbox)
+        services().jobs.unfollow(g.job_id, inbox)
 
 
 def await_result(job: JobRecord) -> dict[str, Any]:
