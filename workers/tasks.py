@@ -20,6 +20,12 @@ from workers.celery_app import LlmqCelery
 
 log = logging.getLogger(__name__)
 
+# Celery logs every task's receipt and success at INFO: two lines per job, 5 % of a
+# worker's CPU at hundreds of jobs per second. Failures still log; Flower and the
+# job records show every task.
+for _name in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 _supervisor: Supervisor | None = None
 _lock = threading.Lock()
 
