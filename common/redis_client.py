@@ -41,8 +41,8 @@ _native_poll = get_original("select", "poll")
 
 
 def _zero_timeout_natively(
-    cooperative: Callable[[socket.socket, float | None], bool],
-) -> Callable[[socket.socket, float | None], bool]:
+    cooperative: Callable[[socket.socket, float], bool],
+) -> Callable[[socket.socket, float], bool]:
     """``cooperative`` with its zero-timeout case answered by the OS's ``poll``.
 
     redis-py checks a pooled connection for stray data before every command with
@@ -52,7 +52,7 @@ def _zero_timeout_natively(
     timeout still go through ``cooperative``.
     """
 
-    def can_read(sock: socket.socket, timeout: float | None) -> bool:
+    def can_read(sock: socket.socket, timeout: float) -> bool:
         if timeout != 0:
             return cooperative(sock, timeout)
         pending = getattr(sock, "pending", None)
@@ -66,6 +66,8 @@ def _zero_timeout_natively(
 
 
 if hasattr(hiredis_parser, "_socket_can_read"):  # redis-py 8's readiness check
-    hiredis_parser._socket_can_read = _zero_timeout_natively(
-        hiredis_parser._socket_can_read
+    setattr(  # noqa: B010  (a module's function, replaced on purpose)
+        hiredis_parser,
+        "_socket_can_read",
+        _zero_timeout_natively(hiredis_parser._socket_can_read),
     )

@@ -14,7 +14,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     """A Redis channel that reuses its synchronous client."""
 
     @cached_property
@@ -27,7 +27,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return self._sync_client
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     """The Redis transport, with :class:`Channel`."""
 
     Channel = Channel
