@@ -1,11 +1,13 @@
 """Reading and following a job's event log (a Redis stream with ids ``0-<n>``).
 
-Every appended event is also published on the job's channel. A web process
-follows all its streams through one ``Hub``: a single pub/sub connection whose
-messages are handed to local queues, so Redis connections do not grow with the
-number of open streams. The stream stays the record: a follower backfills from
-it when it starts and whenever an id is skipped (a message lost in a reconnect),
-so every event arrives exactly once and in order.
+Every appended event is also published on the job's channel, and on the channel
+of the web process that submitted the job to follow it. A web process follows
+all its streams through one ``Hub``: a single pub/sub connection whose messages
+are handed to local queues, so Redis connections do not grow with the number of
+open streams, and the jobs it submits need no subscription of their own. The
+stream stays the record: a follower backfills from it when it starts and
+whenever an id is skipped (a message lost in a reconnect), so every event
+arrives exactly once and in order.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -76,7 +79,20 @@ class Hub:
         self._lock = threading.Lock()
         self._pubsub: redis.client.PubSub | None = None
         self._started = False
-        self._wake = threading.Event()  # set when the first channel is subscribed
+        #: This process's own channel and the jobs followed through it.
+        self.channel = keys.process_channel(uuid.uuid4().hex)
+        self._own = _Channel()
+        self._expected: dict[bytes, list[queue.SimpleQueue[Event]]] = {}
+
+    def expect(self, job_id: str) -> queue.SimpleQueue[Event]:
+        """A queue receiving the events of a job about to be created with
+        ``notify`` set to this hub's ``channel`` (no subscription of its own)."""
+        inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        with self._lock:
+            self._ensure_started()
+            self._expected.setdefault(job_id.encode(), []).append(inbox)
+        self._own.ready.wait(SUBSCRIBE_WAIT_SECONDS)
+        return inbox
 
     def subscribe(self, job_id: str) -> queue.SimpleQueue[Event]:
         """A queue receiving the job's events from now on (once Redis confirms)."""
@@ -89,14 +105,20 @@ class Hub:
                 channel = self._channels[name] = _Channel()
                 assert self._pubsub is not None
                 self._pubsub.subscribe(name)
-                self._wake.set()
             channel.queues.append(inbox)
         channel.ready.wait(SUBSCRIBE_WAIT_SECONDS)
         return inbox
 
     def unsubscribe(self, job_id: str, inbox: queue.SimpleQueue[Event]) -> None:
+        """End a ``subscribe`` or an ``expect``."""
         name = keys.notify_channel(job_id).encode()
         with self._lock:
+            expected = self._expected.get(job_id.encode(), [])
+            if inbox in expected:
+                expected.remove(inbox)
+                if not expected:
+                    del self._expected[job_id.encode()]
+                return
             channel = self._channels.get(name)
             if channel is None:
                 return
@@ -111,20 +133,21 @@ class Hub:
                         pass  # the reconnect re-subscribes only live channels
 
     def _ensure_started(self) -> None:
+        """Listen on this process's channel (called under the lock)."""
         if self._started:
             return
+        if self._pubsub is None:
+            self._pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
+            self._channels[self.channel.encode()] = self._own
+        # Raises while Redis is down; the next caller tries again.
+        self._pubsub.subscribe(self.channel)
         self._started = True
-        self._pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
         threading.Thread(target=self._listen, name="llmq-hub", daemon=True).start()
 
     def _listen(self) -> None:
         assert self._pubsub is not None
         while True:
             try:
-                if not self._pubsub.subscribed:
-                    self._wake.wait(1.0)
-                    self._wake.clear()
-                    continue
                 message = self._pubsub.get_message(timeout=1.0)
             except redis.RedisError:
                 log.warning("event hub lost Redis; followers will backfill")
@@ -140,8 +163,14 @@ class Hub:
         if message["type"] == "subscribe":
             channel.ready.set()
         elif message["type"] == "message":
-            events = _parse_message(cast(bytes, message["data"]))
-            for inbox in list(channel.queues):
+            data = cast(bytes, message["data"])
+            if channel is self._own:
+                job_id, _, data = data.partition(b"\n")
+                inboxes = list(self._expected.get(job_id, ()))
+            else:
+                inboxes = list(channel.queues)
+            events = _parse_message(data)
+            for inbox in inboxes:
                 for event in events:
                     inbox.put(event)
 

@@ -203,8 +203,10 @@ class JobService:
     ) -> Submission:
         """Validate, admit under the key's limits, store the job with its task.
 
-        With ``follow`` the job's channel is subscribed before the job exists, so
-        following it (``Submission.inbox``) needs no first read of its log.
+        With ``follow`` the job is created to publish its events on this
+        process's channel too, which is listened to before the job exists, so
+        following it (``Submission.inbox``) needs no subscription and no first
+        read of its log.
 
         Raises:
             RateLimitedError: the key's rpm, tpm or concurrency is used up.
@@ -243,7 +245,10 @@ class JobService:
                 dumps([model.id, model.provider, priority, metadata, body]).encode()
             ).hexdigest()
             claim = (idempotency_key(caller.id, idempotency), f"{digest} {job_id}")
-        inbox = self.events.hub.subscribe(job_id) if follow else None
+        inbox = None
+        if follow:
+            inbox = self.events.hub.expect(job_id)
+            fields["notify"] = self.events.hub.channel
         created = False
         try:
             prior = self.store.create(

@@ -47,6 +47,12 @@ def notify_channel(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:notify"
 
 
+def process_channel(process_id: str) -> str:
+    """Pub/sub channel of one web process: the events of the jobs it submitted and
+    follows, each message prefixed by the job's id and a newline."""
+    return f"{PREFIX}:proc:{process_id}:notify"
+
+
 def queued_key(queue: str) -> str:
     """Sorted set of the jobs waiting on ``queue``, scored by submission time."""
     return f"{PREFIX}:queued:{queue}"

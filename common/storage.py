@@ -58,7 +58,9 @@ return false
 # nobody holds it (its worker died), and forget it was running.
 # Returns {applied 0/1, status, last event id, cancel flag, lease lost 0/1}.
 # The appended events are published on the job's channel as one message, one
-# "<id> <type> <data>" line per event (compact JSON holds no newline).
+# "<id> <type> <data>" line per event (compact JSON holds no newline), and, if
+# the record names one (field ``notify``), on its submitter's process channel,
+# after a "<job id>" line.
 _TRANSITION_FUNCTION = """
 local function transition(K, A)
   local status = redis.call('HGET', K[1], 'status')
@@ -111,8 +113,14 @@ local function transition(K, A)
     lines[j] = n .. ' ' .. A[i] .. ' ' .. A[i + 1]
     i = i + 2
   end
-  -- Followers are woken through pub/sub; the stream stays the record.
-  if nevents > 0 then redis.call('PUBLISH', K[6], table.concat(lines, '\\n')) end
+  -- Followers are woken through pub/sub; the stream stays the record. The web
+  -- process that submitted the job to follow it hears it on its own channel.
+  if nevents > 0 then
+    local message = table.concat(lines, '\\n')
+    redis.call('PUBLISH', K[6], message)
+    local submitter = redis.call('HGET', K[1], 'notify')
+    if submitter then redis.call('PUBLISH', submitter, A[3] .. '\\n' .. message) end
+  end
   status = redis.call('HGET', K[1], 'status')
   if status == 'queued' then
     local t = redis.call('TIME')

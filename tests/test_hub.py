@@ -1,0 +1,74 @@
+"""A web process hears the jobs it submits on its own channel, not one per job."""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from common import keys
+from common.eventlog import Hub
+from common.storage import JobStore
+from tests.conftest import RedisServer, wait_until
+
+
+def _create(store: JobStore, notify: str | None = None) -> str:
+    job_id = f"job_hub_{uuid.uuid4().hex}"
+    fields = {
+        "id": job_id,
+        "owner": "k",
+        "status": "queued",
+        "model": "m",
+        "provider": "p",
+        "priority": "interactive",
+        "request": {},
+        "created_at": 1.0,
+    }
+    if notify:
+        fields["notify"] = notify
+    store.create(fields, None)
+    return job_id
+
+
+def test_a_job_created_with_notify_reaches_its_submitters_inbox(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    store, hub = JobStore(client, 60), Hub(client)
+    mine, other = _create(store, hub.channel), _create(store, hub.channel)
+    inbox, other_inbox = hub.expect(mine), hub.expect(other)
+    job = store.get(mine)
+    assert job is not None
+    store.transition(job, events=[("delta", '{"a":1}'), ("done", "{}")])
+    events = [inbox.get(timeout=2), inbox.get(timeout=2)]
+    assert [(e.id, e.type, e.data) for e in events] == [
+        (2, "delta", b'{"a":1}'),
+        (3, "done", b"{}"),
+    ]
+    assert other_inbox.empty(), "another job's inbox on the same channel got nothing"
+    # The job's own channel had no subscriber: none was taken.
+    assert client.pubsub_numsub(keys.notify_channel(mine))[0][1] == 0
+    hub.unsubscribe(mine, inbox)
+    hub.unsubscribe(other, other_inbox)
+    assert not hub._expected
+
+
+def test_a_job_without_notify_publishes_only_on_its_own_channel(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    store, hub = JobStore(client, 60), Hub(client)
+    job_id = _create(store)
+    followed = hub.subscribe(job_id)
+    expected = hub.expect(job_id)  # listening on the process channel too
+    job = store.get(job_id)
+    assert job is not None
+    store.transition(job, events=[("delta", "{}")])
+    assert followed.get(timeout=2).id == 2
+    assert expected.empty()
+    hub.unsubscribe(job_id, followed)
+    wait_until(
+        lambda: client.pubsub_numsub(keys.notify_channel(job_id))[0][1] == 0,
+        5,
+        "the job channel's subscription ended",
+    )
