@@ -139,14 +139,17 @@ class JobRunner:
         if not moved.applied:
             log.info("job %s is %s or leased elsewhere; skipping", job_id, job.status)
             return None
-        if job.attempts:
+        if job.attempts > 1:
             log.warning("job %s is being run again after a lost run", job_id)
         run = Run(
             job.id,
             token,
             self.cancels.register(job.id),
             job.deadline_at or now(),
-            job.attempts,
+            # The start counted this run's first attempt already (so a run killed
+            # before its first write still counts); ``_attempt`` counts it again
+            # in memory, to the same number.
+            job.attempts - 1,
             job.provider,
         )
         with self._lock:

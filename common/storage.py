@@ -169,14 +169,16 @@ if not priority then return false end
 local queued = KEYS[3]
 if priority == 'bulk' then queued = KEYS[7] end
 local data = '{"status":"running"}'
-if (tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0) > 0 then
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0
+if attempts > 0 then
   data = '{"status":"running","reset":true}'  -- an earlier run may have relayed text
 end
 local job = redis.call('HMGET', KEYS[1], 'provider', 'model', 'started_at')
 local name = (job[1] or '') .. '\\n' .. (job[2] or '')
 local hex = name:gsub('.', function(c) return string.format('%%02x', c:byte()) end)
 local deadline = tonumber(ARGV[4]) + (TOTALS[hex] or 0)
-local fields = {'status', 'running', 'deadline_at', tostring(deadline)}
+local fields = {'status', 'running', 'deadline_at', tostring(deadline),
+                'attempts', tostring(attempts + 1)}
 if not job[3] or job[3] == '' then
   fields[#fields + 1] = 'started_at'
   fields[#fields + 1] = ARGV[4]
@@ -430,9 +432,10 @@ class JobStore:
         """Take a queued (or orphaned running) job's lease and mark it running.
 
         One round trip: the lease, the status, ``started_at`` (kept from an
-        earlier run), ``deadline_at`` (now plus the model's total timeout), a
-        ``status`` event (with ``reset: true`` when an earlier
-        run may have relayed text) and the record as it is afterwards. Refused,
+        earlier run), ``deadline_at`` (now plus the model's total timeout),
+        ``attempts`` counting this run's first, a ``status`` event (with
+        ``reset: true`` when an earlier run may have relayed text) and the record
+        as it is afterwards. Refused,
         with the record, when the job ended or another run holds its lease.
         Returns ``(None, refused)`` when there is no such job.
         """

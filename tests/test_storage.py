@@ -54,6 +54,7 @@ def test_start_takes_the_lease_and_stores_started_and_deadline(
     assert job.deadline_at is not None
     assert abs(job.deadline_at - (job.started_at + 30.0)) < 0.01
     assert _events(store, job_id)[-1] == {"status": "running"}
+    assert job.attempts == 1, "a run that dies before its first write still counts"
     assert store.redis.zscore(keys.queued_key("bulk"), job_id) is None
     again, refused = store.start(job_id, "run2", 10)
     assert not refused.applied and refused.lease_lost
@@ -67,7 +68,7 @@ def test_a_rerun_keeps_started_at_and_announces_a_reset(
     job_id = _create(store, attempts=2, started_at=123.0, model="unknown")
     job, moved = store.start(job_id, "run1", 10)
     assert moved.applied and job is not None
-    assert job.started_at == 123.0
+    assert job.started_at == 123.0 and job.attempts == 3
     assert job.deadline_at is not None and job.deadline_at <= time.time() + 1
     assert _events(store, job_id)[-1] == {"status": "running", "reset": True}
 

@@ -8,6 +8,7 @@ from flask import Response, g
 from flask.json.provider import DefaultJSONProvider
 from flask_openapi3 import Info, OpenAPI
 
+from common import readiness
 from common.apikeys import KeyStore
 from common.config import Settings, load_settings
 from common.db import create_schema, make_engine
@@ -42,6 +43,7 @@ def _services(settings: Settings) -> Services:
 def create_app(settings: Settings | None = None) -> OpenAPI:
     """Build the web app; ``settings`` defaults to the environment's."""
     settings = settings or load_settings()
+    readiness.install()
     app = OpenAPI(
         __name__,
         info=Info(title="llmq", version="0.1.0"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from common import readiness
 from workers.celery_app import make_celery
 
+readiness.install()
 app = make_celery()

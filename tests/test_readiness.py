@@ -1,0 +1,55 @@
+"""Zero-timeout readiness checks answered by the OS's poll (redis-py and urllib3)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import urllib3.connection
+from redis._parsers import hiredis as hiredis_parser
+
+from common import readiness
+
+
+def test_both_libraries_checks_are_replaced_once() -> None:
+    readiness.install()
+    readiness.install()
+    for check in (hiredis_parser._socket_can_read, urllib3.connection.wait_for_read):
+        # If an upgrade renames a function, this says the lever is gone.
+        assert check.__qualname__.startswith("zero_timeout_natively")
+        assert not hasattr(check.__wrapped__, "__wrapped__"), "wrapped twice"
+
+
+def test_zero_timeout_reports_data_and_a_closed_peer() -> None:
+    readiness.install()
+    for check in (hiredis_parser._socket_can_read, urllib3.connection.wait_for_read):
+        ours, theirs = socket.socketpair()
+        try:
+            assert check(ours, 0) is False
+            theirs.sendall(b"+OK\r\n")
+            assert check(ours, 0) is True
+            ours.recv(16)
+            assert check(ours, 0.0) is False
+            theirs.close()
+            assert check(ours, 0) is True  # EOF reads as ready, as both expect
+        finally:
+            ours.close()
+
+
+def test_waits_with_a_timeout_stay_with_the_original() -> None:
+    calls: list[Any] = []
+
+    def cooperative(sock: socket.socket, timeout: Any) -> bool:
+        calls.append(timeout)
+        return True
+
+    check = readiness.zero_timeout_natively(cooperative)
+    ours, theirs = socket.socketpair()
+    try:
+        assert check(ours, 0.5) is True
+        assert check(ours, None) is True
+        assert check(ours, 0) is False
+    finally:
+        ours.close()
+        theirs.close()
+    assert calls == [0.5, None]
