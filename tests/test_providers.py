@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from urllib3.exceptions import ProtocolError
 
 from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig, SimulatedSpeed, Timeouts
@@ -23,7 +24,7 @@ from common.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from common.providers.openai_compat import OpenAICompatProvider
+from common.providers.openai_compat import OpenAICompatProvider, _dechunked
 from common.providers.simulated import SimulatedProvider
 from common.tokens import estimate_prompt_tokens
 from tests.conftest import free_port, wait_until
@@ -611,3 +612,52 @@ def test_simulated_cancel_from_another_thread_wakes_the_wait() -> None:
 
     assert chunks == []
     assert time.monotonic() - started < 1.0
+
+
+# --- the chunked-body reader ----------------------------------------------------------
+
+
+class _Socket:
+    """Stands in for a socket's file: hands out the given pieces, one per read."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    def read1(self, _: int) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+class _Response:
+    closed = 0
+
+    def _close_conn(self) -> None:
+        self.closed += 1
+
+
+CHUNKED = b"5\r\nhello\r\n3;ext=1\r\n wo\r\n3\r\nrld\r\n0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def test_a_chunked_body_splits_the_same_whatever_the_reads() -> None:
+    splits = [[CHUNKED], [bytes([b]) for b in CHUNKED]]
+    splits += [[CHUNKED[:i], CHUNKED[i:]] for i in range(1, len(CHUNKED))]
+    for pieces in splits:
+        raw = _Response()
+        data = list(_dechunked(raw, _Socket(list(pieces))))  # type: ignore[arg-type]
+        assert b"".join(data) == b"hello world", pieces
+        assert raw.closed == 1, "the response is closed as complete"
+    # One read holding many chunks is one piece: a worker behind catches up at once.
+    assert list(_dechunked(_Response(), _Socket([CHUNKED]))) == [b"hello world"]  # type: ignore[arg-type]
+
+
+def test_a_chunked_body_cut_short_or_malformed_is_a_protocol_error() -> None:
+    for body in (CHUNKED[:20], b"zz\r\nhello\r\n", CHUNKED[:-2]):
+        with pytest.raises(ProtocolError):
+            list(_dechunked(_Response(), _Socket([body])))  # type: ignore[arg-type]
+
+
+def test_streams_read_to_their_end_reuse_one_connection(
+    provider: OpenAICompatProvider,
+) -> None:
+    for _ in range(3):
+        assert contents(collect(provider, chat(tokens=5))) == FIVE_TOKENS
+    assert provider.pool is not None and provider.pool.num_connections == 1

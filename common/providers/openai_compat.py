@@ -9,16 +9,24 @@ catches HTTP client errors; each becomes the matching ``ProviderError`` (with
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
+import socket
 import time
 from collections.abc import Generator, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import urllib3
 from requests.utils import get_environ_proxies
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
+from urllib3.exceptions import (
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    TimeoutError,
+)
 
 from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig, Timeouts
@@ -65,13 +73,89 @@ def _set_read_timeout(resp: urllib3.HTTPResponse, seconds: float) -> None:
 
 
 def _arrivals(resp: urllib3.HTTPResponse) -> Iterator[bytes]:
-    """The body in the pieces it arrives in (``read1``: one read, one HTTP chunk at
-    most). ``stream()`` would read a body without chunked encoding (ended by
-    closing the connection) to its end before yielding anything.
+    """The body in the pieces it arrives in.
+
+    A chunked body (the usual SSE answer) is de-chunked here, as it arrives, by
+    ``_dechunked``. Anything else goes through ``read1``: one read, one HTTP chunk
+    at most (``stream()`` would read a body without chunked encoding, ended by
+    closing the connection, to its end before yielding anything).
     """
+    raw: http.client.HTTPResponse | None = getattr(resp, "_fp", None)
     decode = bool(resp.headers.get("Content-Encoding"))
+    if raw is not None and raw.fp is not None and not decode:
+        if raw.chunked and raw.chunk_left is None:  # nothing of it read yet
+            yield from _dechunked(raw, cast(io.BufferedIOBase, raw.fp))
+            return
     while data := resp.read1(READ_BYTES, decode_content=decode):
         yield data
+
+
+def _dechunked(raw: http.client.HTTPResponse, fp: io.BufferedIOBase) -> Iterator[bytes]:
+    """A chunked body's data, one piece per read of the socket.
+
+    http.client hands a chunked body over one HTTP chunk per call, with several
+    reads and calls per chunk; a streaming provider sends one token per chunk.
+    Reading what the socket holds and splitting the chunks here costs one read
+    per arrival whatever it holds, so a worker that falls behind catches up in
+    fewer, larger steps. At the end the response is closed as http.client closes
+    one read to its end, so the connection can serve the next call.
+    """
+    buffer = b""
+    left = 0  # bytes of the current chunk's data not yet taken
+    after_data = False  # the CRLF that ends a chunk's data is due
+    while True:
+        data = fp.read1(READ_BYTES)
+        if not data:
+            raise ProtocolError("the chunked body ended before its last chunk")
+        buffer += data
+        pieces = []
+        while True:
+            if left:
+                piece = buffer[:left]
+                pieces.append(piece)
+                left -= len(piece)
+                buffer = buffer[len(piece) :]
+                if left:
+                    break
+                after_data = True
+            if after_data:
+                if len(buffer) < 2:
+                    break
+                buffer, after_data = buffer[2:], False
+            end = buffer.find(b"\r\n")
+            if end < 0:
+                break
+            try:
+                size = int(buffer[:end].split(b";", 1)[0], 16)
+            except ValueError as exc:
+                raise ProtocolError("a malformed chunk size line") from exc
+            buffer = buffer[end + 2 :]
+            if size == 0:
+                if pieces:
+                    yield b"".join(pieces)
+                _end_of_chunked(raw, fp, buffer)
+                return
+            left = size
+        if pieces:
+            yield b"".join(pieces)
+
+
+def _end_of_chunked(
+    raw: http.client.HTTPResponse, fp: io.BufferedIOBase, buffer: bytes
+) -> None:
+    """Read the trailer (up to its blank line) and close ``raw`` as complete."""
+    while True:
+        end = buffer.find(b"\r\n")
+        if end == 0:
+            break
+        if end > 0:
+            buffer = buffer[end + 2 :]
+            continue
+        data = fp.read1(READ_BYTES)
+        if not data:
+            raise ProtocolError("the chunked body ended inside its trailer")
+        buffer += data
+    raw._close_conn()  # type: ignore[attr-defined]
 
 
 def _connection_pool(base_url: str) -> HTTPConnectionPool:
@@ -223,8 +307,10 @@ class OpenAICompatProvider:
         except (HTTPError, OSError) as exc:
             if cancel.is_set() or done:
                 return False  # cancelled, or the reply was complete before the error
-            if isinstance(exc, TimeoutError) or isinstance(
-                getattr(exc, "__context__", None), TimeoutError
+            # urllib3's timeout, or the socket's (read by ``_dechunked``).
+            timeouts_seen = (TimeoutError, socket.timeout)
+            if isinstance(exc, timeouts_seen) or isinstance(
+                getattr(exc, "__context__", None), timeouts_seen
             ):
                 raise ProviderTimeoutError(f"provider {name} went silent") from exc
             raise ProviderUnavailableError(f"provider {name} cut the stream") from exc
