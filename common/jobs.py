@@ -319,12 +319,12 @@ class JobService:
     ) -> Iterator[Event | None]:
         """The job's events after ``after``, live, ending with ``done``.
 
-        ``inbox``: the subscription ``submit`` took for a new job (see there).
+        ``inbox``: the inbox ``submit`` opened for a new job (see there).
         """
         return self.events.follow(job.id, after, idle_seconds, inbox)
 
     def unfollow(self, job_id: str, inbox: queue.SimpleQueue[Event]) -> None:
-        """Drop a subscription ``submit`` took that nobody will follow."""
+        """Close an inbox ``submit`` opened that nobody will follow."""
         self.events.hub.unsubscribe(job_id, inbox)
 
     def cancel(self, caller: KeyIdentity, job_id: str) -> JobRecord:

@@ -27,7 +27,7 @@ FIRST_OUTPUT_WAIT_SECONDS = 30.0
 
 def submitted(submission: Submission) -> JobRecord:
     """Note the job id and the key's rate-limit state for the answer's headers,
-    and the subscription a following submit took (see ``_follow``).
+    and the inbox a following submit opened (see ``_follow``).
     """
     g.job_id = submission.job.id
     g.rate_headers = rate_limit_headers(auth.caller(), submission.admission)
@@ -37,7 +37,7 @@ def submitted(submission: Submission) -> JobRecord:
 
 
 def _follow(job: JobRecord) -> Iterator[Event | None]:
-    """The job's events, through the subscription its submit took if there is one
+    """The job's events, through the inbox its submit opened if there is one
     (then after the ``queued`` event it was created with, without reading the log).
     """
     svc = services()
@@ -47,7 +47,7 @@ def _follow(job: JobRecord) -> Iterator[Event | None]:
 
 
 def drop_unfollowed(_: BaseException | None = None) -> None:
-    """Teardown: end a subscription a submit took for a job nobody followed."""
+    """Teardown: close an inbox a submit opened for a job nobody followed."""
     inbox = g.pop("inbox", None)
     if inbox is not None:
         services().jobs.unfollow(g.job_id, inbox)
