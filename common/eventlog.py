@@ -124,13 +124,14 @@ class Hub:
                 return
             if inbox in channel.queues:
                 channel.queues.remove(inbox)
-            if not channel.queues:
-                del self._channels[name]
-                if self._pubsub is not None:
-                    try:
-                        self._pubsub.unsubscribe(name)  # type: ignore[no-untyped-call]
-                    except redis.RedisError:
-                        pass  # the reconnect re-subscribes only live channels
+            if channel.queues:
+                return
+            del self._channels[name]
+            if self._pubsub is not None:
+                try:
+                    self._pubsub.unsubscribe(name)  # type: ignore[no-untyped-call]
+                except redis.RedisError:
+                    pass  # the reconnect re-subscribes only live channels
 
     def _ensure_started(self) -> None:
         """Listen on this process's channel (called under the lock)."""
@@ -202,8 +203,8 @@ class EventLog:
     ) -> Iterator[Event | None]:
         """Yield every event after ``after`` until ``done``; None after each idle spell.
 
-        ``inbox``: the job's subscription, taken before any event after ``after``
-        could be written (its submitter subscribed before creating it), so the
+        ``inbox``: the job's events from ``Hub.expect``, opened before the job
+        was created, so nothing after ``after`` can have been missed and the
         first read of the log is skipped. Ends early if the log disappears (the
         job expired).
         """

@@ -38,6 +38,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def job_fields(job_id: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A queued job's record fields, as a submit stores them (for JobStore tests)."""
+    return {
+        "id": job_id or f"job_{uuid.uuid4().hex}",
+        "owner": "k",
+        "status": "queued",
+        "model": "m",
+        "provider": "p",
+        "priority": "interactive",
+        "created_at": 1.0,
+        "attempts": 0,
+        "request": {},
+        **overrides,
+    }
+
+
 def wait_until(
     check: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
 ) -> Any:

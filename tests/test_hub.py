@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-
 import redis
 
 from common import keys
 from common.eventlog import Hub
 from common.storage import JobStore
-from tests.conftest import RedisServer, wait_until
+from tests.conftest import RedisServer, job_fields, wait_until
 
 
 def _create(store: JobStore, notify: str | None = None) -> str:
-    job_id = f"job_hub_{uuid.uuid4().hex}"
-    fields = {
-        "id": job_id,
-        "owner": "k",
-        "status": "queued",
-        "model": "m",
-        "provider": "p",
-        "priority": "interactive",
-        "request": {},
-        "created_at": 1.0,
-    }
-    if notify:
-        fields["notify"] = notify
+    fields = job_fields(**({"notify": notify} if notify else {}))
     store.create(fields, None)
-    return job_id
+    return str(fields["id"])
 
 
 def test_a_job_created_with_notify_reaches_its_submitters_inbox(

@@ -16,7 +16,7 @@ from common import keys
 from common.eventlog import _parse_message
 from common.relay import DeltaBatcher, merge
 from common.storage import Append, JobRecord, JobStore, Transition, record_from
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, job_fields
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -50,19 +50,7 @@ def test_role_finish_and_tool_calls_are_never_folded_away() -> None:
 
 
 def _job(job_id: str) -> JobRecord:
-    return record_from(
-        {
-            "id": job_id,
-            "owner": "k",
-            "status": "queued",
-            "model": "m",
-            "provider": "p",
-            "priority": "interactive",
-            "created_at": 1.0,
-            "attempts": 0,
-            "request": {},
-        }
-    )
+    return record_from(job_fields(job_id))
 
 
 def test_the_batcher_writes_every_run_in_order_and_merges_what_piles_up() -> None:

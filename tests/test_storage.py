@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import redis
 
 from common import keys
 from common.storage import JobStore
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, job_fields
 
 
 def _store(redis_server: RedisServer) -> JobStore:
@@ -19,21 +18,15 @@ def _store(redis_server: RedisServer) -> JobStore:
 
 
 def _create(store: JobStore, **extra: object) -> str:
-    job_id = f"job_{uuid.uuid4().hex}"
-    fields = {
-        "id": job_id,
-        "owner": "k",
-        "status": "queued",
+    defaults = {
         "model": "model-a",
         "provider": "prov",
         "priority": "bulk",
         "created_at": time.time(),
-        "attempts": 0,
-        "request": {},
-        **extra,
     }
+    fields = job_fields(**{**defaults, **extra})
     store.create(fields)
-    return job_id
+    return str(fields["id"])
 
 
 def _events(store: JobStore, job_id: str) -> list[dict[str, object]]:
