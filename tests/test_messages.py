@@ -37,12 +37,29 @@ def test_a_built_message_matches_what_send_task_pushes(
     )
     app = make_celery(settings)
     client = redis.Redis.from_url(redis_server.url)
+    messages = TaskMessages(app)
     # Queues no worker of the test stack consumes, so the sent message stays put.
     for queue in ("test-messages-interactive", "test-messages-bulk"):
-        client.delete(queue)
-        app.send_task(TASK_RUN_JOB, args=["job_abc"], queue=queue)
-        [sent] = client.lrange(queue, 0, -1)
-        key, built = TaskMessages(app).run_job("job_abc", queue)
-        assert key == queue
-        assert _comparable(built) == _comparable(sent)
-        client.delete(queue)
+        for job_id in ("job_abc", "job_0123456789abcdef"):
+            client.delete(queue)
+            app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)
+            [sent] = client.lrange(queue, 0, -1)
+            key, built = messages.run_job(job_id, queue)
+            assert key == queue
+            assert _comparable(built) == _comparable(sent)
+            client.delete(queue)
+
+
+def test_every_message_has_its_own_task_and_delivery_ids(
+    redis_server: RedisServer,
+) -> None:
+    settings = load_settings(
+        {"REDIS_URL": redis_server.url, "LLMQ_CATALOG": str(ROOT / "catalog.yaml")}
+    )
+    messages = TaskMessages(make_celery(settings))
+    first, second = (
+        json.loads(messages.run_job("job_abc", "interactive")[1]) for _ in range(2)
+    )
+    for section, name in _PER_SEND:
+        assert first[section][name] != second[section][name]
+    assert first["headers"]["id"] == first["properties"]["correlation_id"]
