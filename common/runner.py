@@ -33,7 +33,7 @@ from common.providers import build_provider
 from common.providers.base import Provider
 from common.queues import Priority
 from common.relay import DeltaBatcher
-from common.storage import JobRecord, JobStore, Transition, now
+from common.storage import JobRecord, JobStore, Transition, Unacked, now
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,12 @@ class JobRunner:
             name: build_provider(config) for name, config in catalog.providers.items()
         }
 
-    def run(self, job_id: str) -> None:
-        """Run a job to a terminal state, unless it ended or another run owns it."""
-        started = self._start(job_id, uuid.uuid4().hex)
+    def run(self, job_id: str, unacked: Unacked | None = None) -> None:
+        """Run a job to a terminal state, unless it ended or another run owns it.
+
+        ``unacked``: the broker's entry for the task message, settled by the start.
+        """
+        started = self._start(job_id, uuid.uuid4().hex, unacked)
         if started is None:
             return
         job, run = started
@@ -130,9 +133,11 @@ class JobRunner:
                 self.active.pop(job.id, None)
         self._conclude(job, run, outcome)
 
-    def _start(self, job_id: str, token: str) -> tuple[JobRecord, Run] | None:
+    def _start(
+        self, job_id: str, token: str, unacked: Unacked | None
+    ) -> tuple[JobRecord, Run] | None:
         """Take the job's lease and mark it running; None if it is not ours to run."""
-        job, moved = self.store.start(job_id, token, self.lease_seconds)
+        job, moved = self.store.start(job_id, token, self.lease_seconds, unacked)
         if job is None:
             log.warning("job %s not found (expired?); dropping its task", job_id)
             return None

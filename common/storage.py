@@ -158,12 +158,17 @@ return results
 
 # A run starting a job: take its lease and mark it running (see ``start``).
 # KEYS: job, events, interactive queued zset, lease, running zset, notify
-#       channel, bulk queued zset. ARGV: job id, run token, lease ms, now.
+#       channel, bulk queued zset, the broker's unacked hash and its index
+#       ("" = none). ARGV: job id, run token, lease ms, now, delivery tag.
 # Returns false for no job, else {transition result, the record's HGETALL}.
 # TOTALS (filled in per catalog) maps hex("<provider>\\n<model>") to the model's
 # total timeout, so the deadline is stored with the start.
 _START = """
 local TOTALS = %s
+if KEYS[8] ~= '' then
+  redis.call('HDEL', KEYS[8], ARGV[5])
+  redis.call('ZREM', KEYS[9], ARGV[5])
+end
 local priority = redis.call('HGET', KEYS[1], 'priority')
 if not priority then return false end
 local queued = KEYS[3]
@@ -219,6 +224,9 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
 """
 
 _JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
+
+#: A broker message's unacknowledged entry: (hash key, index zset key, delivery tag).
+Unacked = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -427,7 +435,11 @@ class JobStore:
         return _transition_result(self._transition(keys=step[0], args=step[1]))
 
     def start(
-        self, job_id: str, token: str, lease_seconds: float
+        self,
+        job_id: str,
+        token: str,
+        lease_seconds: float,
+        unacked: Unacked | None = None,
     ) -> tuple[JobRecord | None, Transition]:
         """Take a queued (or orphaned running) job's lease and mark it running.
 
@@ -438,7 +450,13 @@ class JobStore:
         as it is afterwards. Refused,
         with the record, when the job ended or another run holds its lease.
         Returns ``(None, refused)`` when there is no such job.
+
+        ``unacked`` names the broker's entry for the task message that asked for
+        this run; it is removed in the same script, started or not, so the
+        message is acknowledged exactly when the job's own lease (or its end)
+        takes over keeping it from being lost.
         """
+        hash_key, index_key, tag = unacked or ("", "", "")
         reply = self._start(
             keys=[
                 keys.job_key(job_id),
@@ -448,8 +466,10 @@ class JobStore:
                 keys.RUNNING_KEY,
                 keys.notify_channel(job_id),
                 keys.queued_key("bulk"),
+                hash_key,
+                index_key,
             ],
-            args=[job_id, token, int(lease_seconds * 1000), now()],
+            args=[job_id, token, int(lease_seconds * 1000), now(), tag],
         )
         if not reply:
             return None, Transition(False, "", False)

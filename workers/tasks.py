@@ -17,6 +17,7 @@ from common.runner import JobRunner
 from common.storage import JobStore
 from common.supervisor import Supervisor
 from workers.celery_app import LlmqCelery
+from workers.transport import settled, unacked_entry
 
 log = logging.getLogger(__name__)
 
@@ -75,5 +76,11 @@ def _on_shutdown(**_: Any) -> None:
 
 @shared_task(name=TASK_RUN_JOB, bind=True, ignore_result=True)
 def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
-    """Run one job to a terminal state; safe to run again for the same id."""
-    _supervisor_for(self.app).runner.run(job_id)
+    """Run one job to a terminal state; safe to run again for the same id.
+
+    The job's start also acknowledges this task's message (see workers.transport).
+    """
+    tag = (self.request.properties or {}).get("delivery_tag")
+    unacked = unacked_entry(self.app.conf.broker_transport_options, tag)
+    _supervisor_for(self.app).runner.run(job_id, unacked)
+    settled(tag)

@@ -1,0 +1,128 @@
+"""A task's message is acknowledged by its job's start, in the same script."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+from kombu import Consumer, Message, Queue
+
+from common.config import load_settings
+from common.queues import TASK_RUN_JOB
+from common.storage import JobStore
+from tests.conftest import ROOT, RedisServer, Stack, job_fields
+from workers.celery_app import LlmqCelery, make_celery
+from workers.transport import settled, unacked_entry
+
+QUEUE = "test-transport"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Any:
+    """A Redis of this test alone, so its command counts are this test's."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _deliver(app: LlmqCelery, channel: Any, job_id: str) -> Message:
+    """Send a run_job task and take delivery of it, unacknowledged."""
+    app.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
+    received: list[Message] = []
+    consumer = Consumer(
+        channel,
+        queues=[Queue(QUEUE)],
+        callbacks=[lambda _body, message: received.append(message)],
+        accept=["json"],
+    )
+    with consumer:
+        channel.connection.client.drain_events(timeout=5)
+    [message] = received
+    return message
+
+
+def _counts(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("hdel", "zrem", "exec")
+    }
+
+
+def test_the_start_settles_the_message_and_the_ack_stays_in_memory(
+    own_redis: RedisServer,
+) -> None:
+    app = make_celery(
+        load_settings(
+            {"REDIS_URL": own_redis.url, "LLMQ_CATALOG": str(ROOT / "catalog.yaml")}
+        )
+    )
+    client = redis.Redis.from_url(own_redis.url)
+    store = JobStore(client, 3600)
+    options = app.conf.broker_transport_options
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        channel.basic_qos(0, 1, False)  # one unacknowledged message at a time
+        fields = job_fields()
+        store.create(fields)
+        message = _deliver(app, channel, fields["id"])
+        tag = message.delivery_tag
+        unacked = unacked_entry(options, tag)
+        assert unacked is not None
+        hash_key, index_key, _ = unacked
+        assert client.hexists(hash_key, tag) and client.zscore(index_key, tag)
+
+        assert not channel.qos.can_consume()
+        job, moved = store.start(fields["id"], "run-1", 30, unacked)
+        assert moved.applied and job is not None and job.status == "running"
+        assert not client.hexists(hash_key, tag)
+        assert client.zscore(index_key, tag) is None
+
+        settled(tag)
+        before = _counts(client)
+        message.ack()
+        assert _counts(client) == before, "the ack went to Redis again"
+        assert channel.qos.can_consume(), "kombu still counts it as in flight"
+
+        # A message no start settled is acknowledged by kombu as before.
+        other = _deliver(app, channel, "job_missing")
+        assert client.hexists(hash_key, other.delivery_tag)
+        other.ack()
+        assert not client.hexists(hash_key, other.delivery_tag)
+
+
+def test_a_start_refused_still_settles_its_message(own_redis: RedisServer) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    store = JobStore(client, 3600)
+    client.hset("unacked", "tag-1", "message")
+    client.zadd("unacked_index", {"tag-1": 1})
+    job, moved = store.start(
+        "job_gone", "run-1", 30, ("unacked", "unacked_index", "tag-1")
+    )
+    assert job is None and not moved.applied
+    assert not client.exists("unacked", "unacked_index")
+
+
+def test_the_entry_follows_the_transport_options() -> None:
+    options = {"global_keyprefix": "llmq:", "unacked_key": "u"}
+    assert unacked_entry(options, "t") == ("llmq:u", "llmq:unacked_index", "t")
+    assert unacked_entry({}, None) is None
+
+
+def test_a_workers_job_leaves_one_transaction_per_task(
+    stack: Stack, client: openai.OpenAI
+) -> None:
+    """Through the real worker: the delivery's bookkeeping, and no ack round trip."""
+    broker = redis.Redis.from_url(stack.redis_url)
+    before = _counts(broker)["exec"]
+    for _ in range(3):
+        reply = client.chat.completions.create(
+            model="fake-model", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content
+    assert _counts(broker)["exec"] == before + 3
+    assert broker.hlen("unacked") == 0
