@@ -26,7 +26,14 @@ from common.keys import idempotency_key
 from common.limits import Admission, Limiter, Rate
 from common.queues import Priority
 from common.schemas import ChatRequest
-from common.storage import JobRecord, JobStore, Transition, now, record_from
+from common.storage import (
+    JobRecord,
+    JobStore,
+    TaskMessage,
+    Transition,
+    now,
+    record_from,
+)
 from common.tokens import estimate_request_tokens
 
 #: Longest a key's concurrency slot is held without its job ending (a backstop).
@@ -181,13 +188,13 @@ class JobService:
         events: EventLog,
         catalog: Catalog,
         limiter: Limiter,
-        task_message: Callable[[str, Priority], tuple[str, str]],
+        task_message: Callable[[str, Priority], TaskMessage],
     ) -> None:
         self.store = store
         self.events = events
         self.catalog = catalog
         self.limiter = limiter
-        #: The broker list and message of the task that runs a job.
+        #: The task message (and its unacked entry) that runs a job.
         self.task_message = task_message
 
     def submit(

@@ -25,9 +25,9 @@ CREATED_EVENT_ID = 1
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 # KEYS: job, events, queued zset, owner index, idempotency key ("" = none),
-#       task list ("" = none)
+#       task list, the broker's unacked hash and its index ("" = no task)
 # ARGV: ttl, job id, now ms, idempotency value, idempotency ttl, task message,
-#       field/value pairs
+#       its delivery tag, its unacked entry, now (seconds), field/value pairs
 _CREATE = """
 if KEYS[5] ~= '' then
   local prior = redis.call('GET', KEYS[5])
@@ -35,7 +35,7 @@ if KEYS[5] ~= '' then
   redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
@@ -44,7 +44,11 @@ redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
 redis.call('EXPIRE', KEYS[4], ARGV[1])
-if KEYS[6] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[6]) end
+if KEYS[6] ~= '' then
+  redis.call('LPUSH', KEYS[6], ARGV[6])
+  redis.call('HSET', KEYS[7], ARGV[7], ARGV[8])
+  redis.call('ZADD', KEYS[8], ARGV[9], ARGV[7])
+end
 return false
 """
 
@@ -230,6 +234,22 @@ Unacked = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
+class TaskMessage:
+    """The Celery task that runs a job, as the Redis broker keeps it.
+
+    ``payload`` is pushed on the list ``queue``; ``unacked_value`` is what kombu
+    stores under the message's delivery tag in its unacked set (``unacked``)
+    until the message is acknowledged, and what it pushes back if that never
+    happens within the visibility timeout.
+    """
+
+    queue: str
+    payload: str
+    unacked: Unacked
+    unacked_value: str
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """A job as stored: what the worker needs and what clients are shown."""
 
@@ -357,7 +377,7 @@ class JobStore:
         self,
         fields: dict[str, Any],
         idempotency: tuple[str, str] | None = None,
-        task: tuple[str, str] | None = None,
+        task: TaskMessage | None = None,
     ) -> str | None:
         """Store a new queued job with its first event, and push its task.
 
@@ -365,15 +385,20 @@ class JobStore:
             fields: the record; must hold id, owner, priority and created_at.
             idempotency: ``(redis key, value)`` to claim; if already claimed
                 nothing is written.
-            task: ``(broker list, message)``: the task that runs the job, pushed
-                in the same script so neither exists without the other.
+            task: the task that runs the job, pushed in the same script so
+                neither exists without the other, with its unacked entry
+                already written (see workers/transport.py).
 
         Returns:
             None when created, else the value already held by the idempotency key.
         """
         job_id = fields["id"]
         idem_key, idem_value = idempotency or ("", "")
-        task_list, task_message = task or ("", "")
+        task_list, hash_key, index_key, tag, payload, entry = (
+            (task.queue, *task.unacked, task.payload, task.unacked_value)
+            if task
+            else ("",) * 6
+        )
         prior = self._create(
             keys=[
                 keys.job_key(job_id),
@@ -382,6 +407,8 @@ class JobStore:
                 keys.owner_jobs_key(fields["owner"]),
                 idem_key,
                 task_list,
+                hash_key,
+                index_key,
             ],
             args=[
                 self.ttl_seconds,
@@ -389,7 +416,10 @@ class JobStore:
                 int(fields["created_at"] * 1000),
                 idem_value,
                 IDEMPOTENCY_TTL_SECONDS,
-                task_message,
+                payload,
+                tag,
+                entry,
+                fields["created_at"],
                 *encode_fields(fields),
             ],
         )

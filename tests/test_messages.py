@@ -12,6 +12,7 @@ from common.queues import TASK_RUN_JOB
 from tests.conftest import ROOT, RedisServer
 from workers.celery_app import make_celery
 from workers.messages import TaskMessages
+from workers.transport import UNACKED_AT_SUBMIT
 
 #: Fields that differ between any two sends of the same task.
 _PER_SEND = {
@@ -26,6 +27,7 @@ def _comparable(payload: str | bytes) -> dict[str, Any]:
     message = json.loads(payload)
     for section, name in _PER_SEND:
         message[section][name] = "*"
+    message["properties"].pop(UNACKED_AT_SUBMIT, None)
     return message
 
 
@@ -44,9 +46,19 @@ def test_a_built_message_matches_what_send_task_pushes(
             client.delete(queue)
             app.send_task(TASK_RUN_JOB, args=[job_id], queue=queue)
             [sent] = client.lrange(queue, 0, -1)
-            key, built = messages.run_job(job_id, queue)
-            assert key == queue
-            assert _comparable(built) == _comparable(sent)
+            task = messages.run_job(job_id, queue)
+            assert task.queue == queue
+            assert _comparable(task.payload) == _comparable(sent)
+            # The entry kombu's QoS.append would write on delivery.
+            message, exchange, routing_key = json.loads(task.unacked_value)
+            assert message == json.loads(task.payload)
+            assert (exchange, routing_key) == ("", queue)
+            assert message["properties"][UNACKED_AT_SUBMIT] is True
+            assert task.unacked == (
+                "unacked",
+                "unacked_index",
+                message["properties"]["delivery_tag"],
+            )
             client.delete(queue)
 
 
@@ -58,7 +70,7 @@ def test_every_message_has_its_own_task_and_delivery_ids(
     )
     messages = TaskMessages(make_celery(settings))
     first, second = (
-        json.loads(messages.run_job("job_abc", "interactive")[1]) for _ in range(2)
+        json.loads(messages.run_job("job_abc", "interactive").payload) for _ in range(2)
     )
     for section, name in _PER_SEND:
         assert first[section][name] != second[section][name]

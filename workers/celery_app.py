@@ -51,8 +51,8 @@ def make_celery(settings: Settings | None = None) -> LlmqCelery:
         broker_connection_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
         broker_pool_limit=BROKER_POOL_LIMIT,
         broker_transport_options={
-            # Tasks not yet started are redelivered after this (a job's start
-            # acknowledges its task: workers/transport.py); it outlasts any job.
+            # Tasks not started this long after their submit are delivered
+            # again (workers/transport.py); it outlasts any job.
             "visibility_timeout": settings.visibility_timeout_seconds,
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
             "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,

@@ -11,6 +11,10 @@ job fills in only what differs between two sends: its job id and fresh task and
 delivery ids. tests/test_messages.py compares the result with what
 ``send_task`` stores, so a Celery or kombu upgrade that changes the format fails
 there first.
+
+Each message also comes with the entry kombu's Redis QoS would write into its
+unacked set on delivery, so the submit writes it instead (see
+workers/transport.py), and with a property saying so.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from kombu.transport.virtual import Channel
 
 from common.errors import UnavailableError
 from common.queues import TASK_RUN_JOB
+from common.storage import TaskMessage
+from workers.transport import UNACKED_AT_SUBMIT, unacked_entry
 
 #: kombu's code for a message that survives a broker restart (Celery's default).
 PERSISTENT_DELIVERY_MODE = 2
@@ -54,6 +60,8 @@ class _Template:
     key: str
     message: dict[str, Any]
     body: list[Any]
+    #: What follows the message in its unacked entry: ``,<exchange>,<routing key>]``.
+    entry_tail: str
 
 
 class TaskMessages:
@@ -65,10 +73,11 @@ class TaskMessages:
         self._templates: dict[str, _Template] = {}
         self._lock = threading.Lock()
 
-    def run_job(self, job_id: str, queue: str) -> tuple[str, str]:
-        """The Redis list and the payload ``send_task`` would ``LPUSH`` for this job."""
+    def run_job(self, job_id: str, queue: str) -> TaskMessage:
+        """The payload ``send_task`` would ``LPUSH`` for this job, and its entry."""
         template = self._template(queue)
         task_id = str(uuid.uuid4())
+        tag = str(uuid.uuid4())
         message = template.message
         body = json.dumps([[job_id], *template.body[1:]]).encode()
         payload = {
@@ -83,10 +92,14 @@ class TaskMessages:
             "properties": {
                 **message["properties"],
                 "correlation_id": task_id,
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": tag,
+                UNACKED_AT_SUBMIT: True,
             },
         }
-        return template.key, json.dumps(payload)
+        text = json.dumps(payload)
+        unacked = unacked_entry(self.app.conf.broker_transport_options, tag)
+        assert unacked is not None
+        return TaskMessage(template.key, text, unacked, f"[{text}{template.entry_tail}")
 
     def _template(self, queue: str) -> _Template:
         template = self._templates.get(queue)
@@ -98,7 +111,13 @@ class TaskMessages:
             body = json.loads(base64.b64decode(message["body"]))
             if body[0] != [_PLACEHOLDER_JOB]:
                 raise RuntimeError("Celery moved a task's arguments in its message")
-            template = self._templates[queue] = _Template(key, message, body)
+            delivery = message["properties"]["delivery_info"]
+            tail = "".join(
+                f",{json.dumps(delivery[name])}" for name in ("exchange", "routing_key")
+            )
+            template = self._templates[queue] = _Template(
+                key, message, body, tail + "]"
+            )
         return template
 
     def _build(self, job_id: str, queue: str) -> tuple[str, str]:

@@ -1,17 +1,32 @@
-"""kombu's Redis transport: one client per channel, acks settled by the job's start.
+"""kombu's Redis transport: one client per channel, a task's unacked entry written
+at its submit and removed by its job's start.
 
 kombu builds a new ``redis.Redis`` (its option and callback tables included) for
 every unacked-bookkeeping pipeline and every ack: at hundreds of tasks per second
 that was 7 % of a worker's CPU. A ``redis.Redis`` takes a pooled connection per
 command, so one object can serve every greenlet of the channel.
 
-kombu keeps each delivered message in an "unacked" hash until it is acknowledged,
-to deliver it again if its worker dies, and acknowledging it is a round trip of
-its own (6 % of a worker's CPU). A job needs that only until it has started: from
-then on its lease keeps it from being lost (the reaper queues it again if its
-worker dies). So the job's start script removes the entry (see
-``JobStore.start``), and the ack that Celery sends after the task only forgets
-the message in memory.
+kombu keeps each delivered message in an "unacked" hash (and an index by time)
+until it is acknowledged, and pushes it back on its queue if that has not
+happened within the visibility timeout: so a message its worker took and died
+with is delivered again. Writing the entry when the message is delivered is a
+transaction of its own (11 % of a worker's CPU), and acknowledging it another
+(6 %). A job's task message needs neither:
+
+- the submit that pushes the message writes its entry in the same script
+  (``JobStore.create``; the message carries ``UNACKED_AT_SUBMIT``), timed from
+  the submit, so its delivery only notes it in memory. A message is then never
+  only in a worker's memory, not even between its delivery and its
+  bookkeeping as with kombu's own order;
+- the job's start removes the entry (``JobStore.start``), started or refused:
+  from then on the job's lease keeps it from being lost (the reaper queues it
+  again if its worker dies), and the ack Celery sends after the task only
+  forgets the message in memory.
+
+The cost: a message still queued a visibility timeout after its submit is pushed
+once more (kombu restores it); its second delivery finds the job started or
+done and its start refuses it. A message kombu pushed back (redelivered) gets
+kombu's own bookkeeping, as does any message sent another way (``send_task``).
 """
 
 from __future__ import annotations
@@ -26,6 +41,8 @@ from common.storage import Unacked
 
 #: Delivery tags whose unacked entry a job's start removed, until Celery acks them.
 _settled: set[str] = set()
+#: Message property: this message's unacked entry was written when it was sent.
+UNACKED_AT_SUBMIT = "llmq_unacked_at_submit"
 
 
 def unacked_entry(transport_options: dict[str, Any], tag: str | None) -> Unacked | None:
@@ -47,7 +64,15 @@ def settled(tag: str | None) -> None:
 
 
 class QoS(kombu_redis.QoS):
-    """Redis QoS whose ack skips Redis for messages a job's start settled."""
+    """Redis QoS that skips Redis for entries written at submit and settled at start."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if message.properties.get(UNACKED_AT_SUBMIT) and not (
+            message.delivery_info.get("redelivered")
+        ):
+            virtual.QoS.append(self, message, delivery_tag)
+        else:
+            super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
         try:
