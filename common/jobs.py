@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.apikeys import KeyIdentity
+from common.apikeys import KeyIdentity, KeyStore
 from common.catalog import Catalog, ModelConfig
 from common.errors import (
     ConflictError,
@@ -20,6 +20,7 @@ from common.errors import (
     InvalidModelError,
     NotFoundError,
     RateLimitedError,
+    UnauthorizedError,
 )
 from common.eventlog import Event, EventLog
 from common.keys import idempotency_key
@@ -29,6 +30,7 @@ from common.schemas import ChatRequest
 from common.storage import (
     JobRecord,
     JobStore,
+    KeysChanged,
     TaskMessage,
     Transition,
     now,
@@ -189,11 +191,13 @@ class JobService:
         catalog: Catalog,
         limiter: Limiter,
         task_message: Callable[[str, Priority], TaskMessage],
+        keys: KeyStore,
     ) -> None:
         self.store = store
         self.events = events
         self.catalog = catalog
         self.limiter = limiter
+        self.keys = keys
         #: The task message (and its unacked entry) that runs a job.
         self.task_message = task_message
 
@@ -258,9 +262,7 @@ class JobService:
             fields["notify"] = self.events.hub.channel
         created = False
         try:
-            prior = self.store.create(
-                fields, claim, task=self.task_message(job_id, priority)
-            )
+            prior = self._create(caller, fields, claim)
             created = prior is None
         finally:
             if inbox is not None and not created:
@@ -269,6 +271,28 @@ class JobService:
             self.limiter.release_slots(job_id, [key_slot(caller.id)])
             return Submission(self._replay(caller, prior, claim), admission)
         return Submission(record_from(fields), admission, inbox)
+
+    def _create(
+        self,
+        caller: KeyIdentity,
+        fields: dict[str, Any],
+        claim: tuple[str, str] | None,
+    ) -> str | None:
+        """Store the job if ``caller``'s key is still live (checked in the same script).
+
+        Raises:
+            UnauthorizedError: the key was revoked since it was checked.
+        """
+        task = self.task_message(fields["id"], fields["priority"])
+        while True:
+            try:
+                return self.store.create(fields, claim, task, caller.generation)
+            except KeysChanged:
+                rechecked = self.keys.recheck(caller)
+                if rechecked is None:
+                    self.limiter.release_slots(fields["id"], [key_slot(caller.id)])
+                    raise UnauthorizedError("invalid API key") from None
+                caller = rechecked
 
     def _admit(self, caller: KeyIdentity, tokens: int) -> Admission:
         admission = self.limiter.admit(key_rates(caller, tokens))

@@ -25,17 +25,24 @@ CREATED_EVENT_ID = 1
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
 # KEYS: job, events, queued zset, owner index, idempotency key ("" = none),
-#       task list, the broker's unacked hash and its index ("" = no task)
+#       task list, the broker's unacked hash and its index ("" = no task),
+#       the API keys' generation counter ("" = no check)
 # ARGV: ttl, job id, now ms, idempotency value, idempotency ttl, task message,
-#       its delivery tag, its unacked entry, now (seconds), field/value pairs
+#       its delivery tag, its unacked entry, now (seconds), the generation the
+#       caller's key was checked at, field/value pairs
+# Returns 0 (nothing written) if the generation moved, else the idempotency
+# key's earlier value, else false.
 _CREATE = """
+if KEYS[9] ~= '' and (redis.call('GET', KEYS[9]) or '') ~= ARGV[10] then
+  return 0
+end
 if KEYS[5] ~= '' then
   local prior = redis.call('GET', KEYS[5])
   if prior then return prior end
   redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
 end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
@@ -229,6 +236,11 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)
 
 _JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
 
+
+class KeysChanged(Exception):
+    """An API key was revoked since the submitting key was checked: check it again."""
+
+
 #: A broker message's unacknowledged entry: (hash key, index zset key, delivery tag).
 Unacked = tuple[str, str, str]
 
@@ -378,6 +390,7 @@ class JobStore:
         fields: dict[str, Any],
         idempotency: tuple[str, str] | None = None,
         task: TaskMessage | None = None,
+        key_generation: str | None = None,
     ) -> str | None:
         """Store a new queued job with its first event, and push its task.
 
@@ -388,6 +401,11 @@ class JobStore:
             task: the task that runs the job, pushed in the same script so
                 neither exists without the other, with its unacked entry
                 already written (see workers/transport.py).
+            key_generation: the API keys' generation counter the submitting
+                key was checked at (see common/apikeys.py); None: no check.
+
+        Raises:
+            KeysChanged: the counter moved; nothing was written.
 
         Returns:
             None when created, else the value already held by the idempotency key.
@@ -409,6 +427,7 @@ class JobStore:
                 task_list,
                 hash_key,
                 index_key,
+                "" if key_generation is None else keys.KEYS_GENERATION_KEY,
             ],
             args=[
                 self.ttl_seconds,
@@ -420,9 +439,12 @@ class JobStore:
                 tag,
                 entry,
                 fields["created_at"],
+                key_generation or "",
                 *encode_fields(fields),
             ],
         )
+        if prior == 0:
+            raise KeysChanged
         return prior.decode() if prior else None
 
     def get(self, job_id: str) -> JobRecord | None:

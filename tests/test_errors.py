@@ -5,12 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import openai
 import pytest
+import redis
 import requests
 
+from common.keys import owner_jobs_key
 from tests.conftest import ADMIN_KEY, Stack, chat_body
 
 MSG = [{"role": "user", "content": "hi"}]
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 #: (route, how an error body looks there)
 CHAT_ROUTES = [
@@ -178,6 +182,55 @@ def test_a_revoked_key_is_401(stack: Stack) -> None:
         401,
         "unauthorized",
     )
+
+
+def _new_key(stack: Stack, name: str) -> dict[str, Any]:
+    return requests.post(  # type: ignore[no-any-return]
+        f"{stack.url}/admin/keys", json={"name": name}, headers=ADMIN, timeout=10
+    ).json()
+
+
+@pytest.mark.parametrize(("route", "surface"), CHAT_ROUTES)
+def test_a_key_revoked_after_submits_cannot_submit_again(
+    stack: Stack, route: str, surface: str
+) -> None:
+    """Submit routes trust cached keys and check them in the job's own script."""
+    created = _new_key(stack, "revoked-after-use")
+    auth = {"Authorization": f"Bearer {created['key']}"}
+    for _ in range(4):  # now cached by every web process
+        resp = requests.post(
+            f"{stack.url}{route}", json=chat_body(), headers=auth, timeout=30
+        )
+        assert resp.status_code in (200, 202)
+    broker = redis.Redis.from_url(stack.redis_url)
+    jobs = broker.zcard(owner_jobs_key(created["id"]))
+    assert jobs == 4
+    requests.delete(
+        f"{stack.url}/admin/keys/{created['id']}", headers=ADMIN, timeout=10
+    )
+    for _ in range(4):
+        assert_error(
+            requests.post(
+                f"{stack.url}{route}", json=chat_body(), headers=auth, timeout=30
+            ),
+            surface,
+            401,
+            "unauthorized",
+        )
+    assert broker.zcard(owner_jobs_key(created["id"])) == jobs, "a revoked key's job"
+
+
+def test_a_revocation_leaves_other_cached_keys_working(stack: Stack) -> None:
+    """The submit's script sees the keys changed, checks this key again, goes on."""
+    key = _new_key(stack, "stays")["key"]
+    sdk = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=key, max_retries=0)
+    for _ in range(4):
+        sdk.chat.completions.create(model="fake-model", messages=MSG)  # type: ignore[arg-type]
+    other = _new_key(stack, "goes")
+    requests.delete(f"{stack.url}/admin/keys/{other['id']}", headers=ADMIN, timeout=10)
+    for _ in range(4):
+        reply = sdk.chat.completions.create(model="fake-model", messages=MSG)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content
 
 
 def test_an_expired_key_is_401(stack: Stack) -> None:

@@ -17,7 +17,7 @@ import redis
 import requests
 import sqlalchemy
 
-from common.apikeys import KeyStore
+from common.apikeys import KeyStore, digest
 from common.db import create_schema, make_engine
 from tests.conftest import (
     ADMIN_KEY,
@@ -104,6 +104,27 @@ def test_a_key_cached_by_one_process_fails_once_another_revokes_it(
     assert store.authenticate(raw) is not None  # now cached here
     other_process.revoke(row.id)
     assert store.authenticate(raw) is None
+
+
+def test_a_key_trusted_from_cache_carries_the_generation_it_was_checked_at(
+    store: KeyStore,
+) -> None:
+    """``fresh=False`` skips the counter; ``recheck`` is what a stale submit calls."""
+    other_process = KeyStore(store.engine, store.redis)
+    row, raw = store.create("trusted")
+    checked = store.authenticate(raw)
+    assert checked is not None and checked.digest == digest(raw)
+    revoked, _ = store.create("revoked")
+    other_process.revoke(revoked.id)
+    trusted = store.authenticate(raw, fresh=False)
+    assert trusted == checked, "fresh=False must not read the counter"
+    again = store.recheck(checked)
+    assert again is not None and again.id == row.id
+    assert again.generation != checked.generation
+    assert store.authenticate(raw, fresh=False) == again  # the cache moved on
+    other_process.revoke(row.id)
+    assert store.recheck(again) is None
+    assert store.authenticate(raw, fresh=False) is None  # dropped from the cache
 
 
 def test_list_and_get_show_keys_without_the_key(store: KeyStore) -> None:

@@ -30,14 +30,16 @@ def _services(settings: Settings) -> Services:
     client = connect(settings.redis_url, settings.redis_timeout_seconds)
     engine = make_engine(settings.database_url)
     create_schema(engine)
+    keys = KeyStore(engine, client)
     jobs_service = JobService(
         JobStore(client, settings.job_ttl_seconds),
         EventLog(client, Hub(client)),
         settings.catalog,
         Limiter(client),
         TaskMessages(make_celery(settings)).run_job,
+        keys,
     )
-    return Services(settings, client, jobs_service, KeyStore(engine, client))
+    return Services(settings, client, jobs_service, keys)
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:

@@ -29,12 +29,14 @@ bp.before_request(auth.require_key)
 
 
 @bp.post("/v1/chat/completions")
+@auth.checked_by_submit
 def create_chat_completion(body: ChatRequest) -> Response:
     """Create a chat completion (stream or not); the reply names its job in X-Job-Id."""
     return _complete(body, request.headers.get("X-AI-Provider") or None)
 
 
 @bp.post("/providers/<provider>/v1/chat/completions")
+@auth.checked_by_submit
 def create_pinned_chat_completion(path: ProviderPath, body: ChatRequest) -> Response:
     """Create a chat completion served only by ``provider``."""
     return _complete(body, path.provider)

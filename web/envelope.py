@@ -83,6 +83,7 @@ def list_envelope_models() -> Response:
 
 
 @bp.post("/chat")
+@auth.checked_by_submit
 def envelope_chat(body: EnvelopeChatRequest) -> Response:
     """Chat in the envelope format, streamed or not."""
     job = submitted(services().jobs.submit(auth.caller(), body, follow=True))

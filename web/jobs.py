@@ -29,6 +29,7 @@ IDEMPOTENCY_KEY_MAX_CHARS = 255
 
 
 @bp.post("")
+@auth.checked_by_submit
 def create_job(body: JobCreateRequest) -> tuple[Response, int]:
     """Submit a chat request as a job; answers 202 with the job object."""
     idem = request.headers.get("Idempotency-Key") or None

@@ -29,6 +29,7 @@ _TEXT = "text/plain; charset=utf-8"
 
 
 @bp.post("/llm")
+@auth.checked_by_submit
 def legacy_chat(body: LegacyChatRequest) -> Response:
     """Chat answered as plain text; with ``stream`` the text flows as it is made."""
     request = body.to_chat()
