@@ -13,7 +13,7 @@ from kombu import Consumer, Message, Queue
 
 from common.config import load_settings
 from common.queues import TASK_RUN_JOB
-from common.storage import JobStore
+from common.storage import JobStore, TaskMessage
 from tests.conftest import ROOT, RedisServer, Stack, job_fields
 from workers.celery_app import LlmqCelery, make_celery
 from workers.messages import TaskMessages
@@ -104,15 +104,23 @@ def test_the_start_settles_the_message_and_the_ack_stays_in_memory(
         assert not client.hexists(hash_key, other.delivery_tag)
 
 
-def test_a_submitted_task_carries_its_entry_and_its_delivery_writes_nothing(
-    own_redis: RedisServer,
-) -> None:
-    app = _app(own_redis.url)
-    client = redis.Redis.from_url(own_redis.url)
+def _submitted(
+    url: str,
+) -> tuple[LlmqCelery, redis.Redis, JobStore, dict[str, Any], TaskMessage]:
+    """A job stored with its task message, as a submit stores them."""
+    app = _app(url)
+    client = redis.Redis.from_url(url)
     store = JobStore(client, 3600)
     fields = job_fields(created_at=time.time())
     task = TaskMessages(app).run_job(fields["id"], QUEUE)
     store.create(fields, task=task)
+    return app, client, store, fields, task
+
+
+def test_a_submitted_task_carries_its_entry_and_its_delivery_writes_nothing(
+    own_redis: RedisServer,
+) -> None:
+    app, client, store, fields, task = _submitted(own_redis.url)
     hash_key, index_key, tag = task.unacked
     assert client.hget(hash_key, tag) == task.unacked_value.encode()
     assert client.zscore(index_key, tag) == pytest.approx(fields["created_at"])
@@ -143,12 +151,7 @@ def test_a_task_taken_and_never_started_is_delivered_again(
     own_redis: RedisServer,
 ) -> None:
     """Its worker died between delivery and start: kombu pushes it back."""
-    app = _app(own_redis.url)
-    client = redis.Redis.from_url(own_redis.url)
-    store = JobStore(client, 3600)
-    fields = job_fields(created_at=time.time())
-    task = TaskMessages(app).run_job(fields["id"], QUEUE)
-    store.create(fields, task=task)
+    app, client, store, fields, task = _submitted(own_redis.url)
     hash_key, index_key, tag = task.unacked
     with app.connection_for_read() as connection:
         channel = connection.default_channel

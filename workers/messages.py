@@ -35,7 +35,7 @@ from kombu.transport.virtual import Channel
 from common.errors import UnavailableError
 from common.queues import TASK_RUN_JOB
 from common.storage import TaskMessage
-from workers.transport import UNACKED_AT_SUBMIT, unacked_entry
+from workers.transport import UNACKED_AT_SUBMIT, unacked_keys
 
 #: kombu's code for a message that survives a broker restart (Celery's default).
 PERSISTENT_DELIVERY_MODE = 2
@@ -72,6 +72,7 @@ class TaskMessages:
         self._channel: Channel | None = None
         self._templates: dict[str, _Template] = {}
         self._lock = threading.Lock()
+        self._unacked_keys = unacked_keys(app.conf.broker_transport_options)
 
     def run_job(self, job_id: str, queue: str) -> TaskMessage:
         """The payload ``send_task`` would ``LPUSH`` for this job, and its entry."""
@@ -97,8 +98,7 @@ class TaskMessages:
             },
         }
         text = json.dumps(payload)
-        unacked = unacked_entry(self.app.conf.broker_transport_options, tag)
-        assert unacked is not None
+        unacked = (*self._unacked_keys, tag)
         return TaskMessage(template.key, text, unacked, f"[{text}{template.entry_tail}")
 
     def _template(self, queue: str) -> _Template:
@@ -112,11 +112,11 @@ class TaskMessages:
             if body[0] != [_PLACEHOLDER_JOB]:
                 raise RuntimeError("Celery moved a task's arguments in its message")
             delivery = message["properties"]["delivery_info"]
-            tail = "".join(
-                f",{json.dumps(delivery[name])}" for name in ("exchange", "routing_key")
+            exchange, routing_key = (
+                json.dumps(delivery[name]) for name in ("exchange", "routing_key")
             )
             template = self._templates[queue] = _Template(
-                key, message, body, tail + "]"
+                key, message, body, f",{exchange},{routing_key}]"
             )
         return template
 

@@ -45,16 +45,18 @@ _settled: set[str] = set()
 UNACKED_AT_SUBMIT = "llmq_unacked_at_submit"
 
 
-def unacked_entry(transport_options: dict[str, Any], tag: str | None) -> Unacked | None:
-    """Where kombu keeps the message with delivery tag ``tag`` until it is acked."""
-    if not tag:
-        return None
+def unacked_keys(transport_options: dict[str, Any]) -> tuple[str, str]:
+    """kombu's unacked hash and its index, as the transport options name them."""
     prefix = transport_options.get("global_keyprefix", "")
     return (
         prefix + transport_options.get("unacked_key", Channel.unacked_key),
         prefix + transport_options.get("unacked_index_key", Channel.unacked_index_key),
-        tag,
     )
+
+
+def unacked_entry(transport_options: dict[str, Any], tag: str | None) -> Unacked | None:
+    """Where kombu keeps the message with delivery tag ``tag`` until it is acked."""
+    return (*unacked_keys(transport_options), tag) if tag else None
 
 
 def settled(tag: str | None) -> None:
