@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import queue
 import time
 import uuid
@@ -23,6 +22,7 @@ from common.errors import (
     UnauthorizedError,
 )
 from common.eventlog import Event, EventLog
+from common.jsoncodec import dumps
 from common.keys import idempotency_key
 from common.limits import Admission, Limiter, Rate
 from common.queues import Priority
@@ -40,11 +40,6 @@ from common.tokens import estimate_request_tokens
 
 #: Longest a key's concurrency slot is held without its job ending (a backstop).
 KEY_SLOT_HOLD_SECONDS = 24 * 3600
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON as stored in records and events."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 def new_job_id() -> str:

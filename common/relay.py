@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 
-from common.jobs import dumps
+from common.jsoncodec import dumps
 from common.storage import Append, JobRecord, Transition
 
 log = logging.getLogger(__name__)

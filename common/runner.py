@@ -27,7 +27,8 @@ from common.errors import (
     ProviderError,
     ProviderTimeoutError,
 )
-from common.jobs import dumps, finish_job
+from common.jobs import finish_job
+from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
 from common.providers import build_provider
 from common.providers.base import Provider

@@ -8,7 +8,6 @@ so a follower never sees a status without its event or the other way round.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any, cast
 import redis
 
 from common import keys
+from common.jsoncodec import dumps, loads
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: Id of the ``queued`` event a job is created with (its log's first entry).
@@ -321,9 +321,7 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
     def num(name: str) -> float | None:
         return float(f[name]) if f.get(name) else None
 
-    loaded = {
-        name: json.loads(f[name]) if f.get(name) else None for name in _JSON_FIELDS
-    }
+    loaded = {name: loads(f[name]) if f.get(name) else None for name in _JSON_FIELDS}
     return JobRecord(
         id=f["id"],
         owner=f["owner"],
@@ -353,7 +351,7 @@ def encode_fields(fields: dict[str, Any]) -> list[str]:
     flat: list[str] = []
     for name, value in fields.items():
         if name in _JSON_FIELDS:
-            value = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+            value = dumps(value)
         flat += [name, "" if value is None else str(value)]
     return flat
 

@@ -20,7 +20,8 @@ import redis
 
 from common import cancel as reasons
 from common.errors import ProviderTimeoutError
-from common.jobs import dumps, finish_job
+from common.jobs import finish_job
+from common.jsoncodec import dumps
 from common.runner import JobRunner
 from common.storage import now
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -25,6 +26,9 @@ _PER_SEND = {
 
 def _comparable(payload: str | bytes) -> dict[str, Any]:
     message = json.loads(payload)
+    message["body"] = json.loads(
+        base64.b64decode(message["body"])
+    )  # the value, not its spacing
     for section, name in _PER_SEND:
         message[section][name] = "*"
     message["properties"].pop(UNACKED_AT_SUBMIT, None)

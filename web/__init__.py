@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any
 
 from flask import Response, g
 from flask.json.provider import DefaultJSONProvider
@@ -14,6 +14,7 @@ from common.config import Settings, load_settings
 from common.db import create_schema, make_engine
 from common.eventlog import EventLog, Hub
 from common.jobs import JobService
+from common.jsoncodec import dumps_bytes
 from common.limits import Limiter
 from common.redis_client import connect
 from common.storage import JobStore
@@ -24,6 +25,20 @@ from web.errors import register_error_handlers, validation_error_response
 from web.relay import drop_unfollowed
 from workers.celery_app import make_celery
 from workers.messages import TaskMessages
+
+
+class CompactJSONProvider(DefaultJSONProvider):
+    """Answers written by ``common.jsoncodec`` (orjson), keys in the order built.
+
+    Request bodies are still read by the standard library (see jsoncodec).
+    """
+
+    sort_keys = False
+    ensure_ascii = False
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        body = dumps_bytes(self._prepare_response_obj(args, kwargs))
+        return Response(body + b"\n", mimetype=self.mimetype)
 
 
 def _services(settings: Settings) -> Services:
@@ -55,9 +70,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         static_folder=None,
     )
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    json_provider = cast(DefaultJSONProvider, app.json)
-    json_provider.sort_keys = False
-    json_provider.ensure_ascii = False
+    app.json = CompactJSONProvider(app)
     app.extensions["llmq"] = _services(settings)
     register_error_handlers(app)
     for surface in (health, chat, models, jobs, envelope, legacy, admin):

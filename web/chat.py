@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 from flask import Response, jsonify, request
@@ -10,7 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import usage_chunk
 from common.eventlog import Event
-from common.jobs import dumps
+from common.jsoncodec import dumps_bytes, loads
 from common.schemas import ChatRequest, ProviderPath
 from common.storage import JobRecord
 from web import auth
@@ -67,13 +66,13 @@ def _relay(
         elif event.type == "delta":
             yield data_line(event.data)
         elif event.type == "error":
-            yield data_line(dumps({"error": json.loads(event.data)}).encode())
+            yield data_line(dumps_bytes({"error": loads(event.data)}))
             return
         elif event.type == "done":
             # The done event carries the whole reply: parse it only for its usage.
-            usage = json.loads(event.data).get("usage") if include_usage else None
+            usage = loads(event.data).get("usage") if include_usage else None
             if usage:
                 chunk = usage_chunk(job.id, job.model, int(job.created_at), usage)
-                yield data_line(dumps(chunk).encode())
+                yield data_line(dumps_bytes(chunk))
             yield DONE
             return

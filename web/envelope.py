@@ -7,7 +7,6 @@ Every answer is ``{"code", "message", "data"}``; streams carry
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.catalog import ModelConfig
 from common.completions import delta_texts, reply_text
-from common.jobs import dumps
+from common.jsoncodec import dumps, loads
 from common.schemas import EnvelopeChatRequest
 from common.storage import JobRecord
 from web import auth
@@ -109,11 +108,11 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
         if event is None:
             yield KEEPALIVE
         elif event.type == "delta":
-            for text in delta_texts(json.loads(event.data)):
+            for text in delta_texts(loads(event.data)):
                 piece = {"content": text, "finish_reason": None}
                 yield data_line(dumps(piece).encode())
         elif event.type == "error":
-            error = json.loads(event.data)
+            error = loads(event.data)
             status = 504 if error.get("code") == "timeout" else 502
             yield data_line(
                 dumps(
@@ -122,7 +121,7 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
             )
             return
         elif event.type == "done":
-            final = json.loads(event.data)
+            final = loads(event.data)
             last = {
                 "content": "",
                 "finish_reason": reply_text(final.get("result"))[1] or "stop",

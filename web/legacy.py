@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 from flask import Response
@@ -10,6 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import delta_texts, reply_text
 from common.eventlog import Event
+from common.jsoncodec import loads
 from common.schemas import LegacyChatRequest
 from web import auth
 from web.context import services
@@ -54,7 +54,7 @@ def _text(events: Iterator[Event | None]) -> Iterator[bytes]:
         if event is None:
             continue
         if event.type == "delta":
-            for text in delta_texts(json.loads(event.data)):
+            for text in delta_texts(loads(event.data)):
                 yield text.encode()
         elif event.type in ("error", "done"):
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +11,7 @@ from flask import g, request
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
 from common.eventlog import Event
 from common.jobs import Submission, rate_limit_headers
+from common.jsoncodec import loads
 from common.storage import CREATED_EVENT_ID, JobRecord
 from web import auth
 from web.context import services
@@ -61,7 +61,7 @@ def await_result(job: JobRecord) -> dict[str, Any]:
     give_up = time.monotonic() + RESULT_WAIT_SECONDS
     for event in _follow(job):
         if event is not None and event.type == "done":
-            final: dict[str, Any] = json.loads(event.data)
+            final: dict[str, Any] = loads(event.data)
             if final["status"] == "failed":
                 raise GatewayError.from_dict(final.get("error") or {})
             if final["status"] == "cancelled":
@@ -91,7 +91,7 @@ def follow_from_first_output(job: JobRecord) -> Iterator[Event | None]:
             break
     last = head[-1] if head else None
     if last is not None and last.type == "error":
-        raise GatewayError.from_dict(json.loads(last.data))
+        raise GatewayError.from_dict(loads(last.data))
 
     def chained() -> Iterator[Event | None]:
         yield from head

@@ -20,7 +20,6 @@ workers/transport.py), and with a property saying so.
 from __future__ import annotations
 
 import base64
-import json
 import threading
 import uuid
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from kombu.serialization import dumps
 from kombu.transport.virtual import Channel
 
+from common import jsoncodec
 from common.errors import UnavailableError
 from common.queues import TASK_RUN_JOB
 from common.storage import TaskMessage
@@ -80,7 +80,7 @@ class TaskMessages:
         task_id = str(uuid.uuid4())
         tag = str(uuid.uuid4())
         message = template.message
-        body = json.dumps([[job_id], *template.body[1:]]).encode()
+        body = jsoncodec.dumps_bytes([[job_id], *template.body[1:]])
         payload = {
             **message,
             "body": base64.b64encode(body).decode(),
@@ -97,7 +97,7 @@ class TaskMessages:
                 UNACKED_AT_SUBMIT: True,
             },
         }
-        text = json.dumps(payload)
+        text = jsoncodec.dumps(payload)
         unacked = (*self._unacked_keys, tag)
         return TaskMessage(template.key, text, unacked, f"[{text}{template.entry_tail}")
 
@@ -105,15 +105,15 @@ class TaskMessages:
         template = self._templates.get(queue)
         if template is None:
             key, payload = self._build(_PLACEHOLDER_JOB, queue)
-            message = json.loads(payload)
+            message = jsoncodec.loads(payload)
             if message["properties"].get("body_encoding") != "base64":
                 raise RuntimeError("kombu no longer base64-encodes task bodies")
-            body = json.loads(base64.b64decode(message["body"]))
+            body = jsoncodec.loads(base64.b64decode(message["body"]))
             if body[0] != [_PLACEHOLDER_JOB]:
                 raise RuntimeError("Celery moved a task's arguments in its message")
             delivery = message["properties"]["delivery_info"]
             exchange, routing_key = (
-                json.dumps(delivery[name]) for name in ("exchange", "routing_key")
+                jsoncodec.dumps(delivery[name]) for name in ("exchange", "routing_key")
             )
             template = self._templates[queue] = _Template(
                 key, message, body, f",{exchange},{routing_key}]"

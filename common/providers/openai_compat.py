@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import json
 import socket
 import time
 from collections.abc import Generator, Iterator
@@ -38,6 +37,7 @@ from common.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
+from common.jsoncodec import dumps_bytes, loads
 from common.providers.sse import iter_sse
 
 #: Connections kept open to one provider host: one per concurrent stream.
@@ -58,7 +58,7 @@ def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
 def _error_text(resp: urllib3.BaseHTTPResponse) -> str:
     raw = resp.data
     try:
-        body = json.loads(raw)
+        body = loads(raw)
         error = body.get("error") if isinstance(body, dict) else None
         text = error.get("message") if isinstance(error, dict) else error or body
         return str(text)[:ERROR_QUOTE_CHARS]
@@ -228,7 +228,7 @@ class OpenAICompatProvider:
             resp = self.pool.urlopen(
                 "POST",
                 self.url,
-                body=json.dumps(payload, ensure_ascii=False).encode(),
+                body=dumps_bytes(payload),
                 headers=headers,
                 preload_content=False,
                 retries=False,
@@ -256,7 +256,7 @@ class OpenAICompatProvider:
                 raise error
             if "text/event-stream" not in resp.headers.get("Content-Type", ""):
                 try:
-                    reply = json.loads(resp.data)
+                    reply = loads(resp.data)
                 except ValueError as exc:
                     raise ProviderBadResponseError(
                         f"provider {name} answered malformed JSON"
@@ -326,7 +326,7 @@ class OpenAICompatProvider:
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:
-            chunk = json.loads(data)
+            chunk = loads(data)
         except ValueError as exc:
             raise ProviderBadResponseError(
                 f"provider {self.config.name} sent a malformed chunk"
