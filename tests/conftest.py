@@ -272,7 +272,7 @@ def start_web(
         [
             bin_path("gunicorn"),
             "--worker-class",
-            "gevent",
+            "web.server.Worker",
             "--workers",
             "1",
             "--worker-connections",
@@ -280,7 +280,7 @@ def start_web(
             "--no-control-socket",
             "--bind",
             f"127.0.0.1:{port}",
-            "web:create_app()",
+            "web.app:create_app()",
         ],
         env,
         logdir / f"{name}.log",

@@ -186,7 +186,7 @@ def test_admin_rejects_a_bad_key_request(stack: Stack) -> None:
 
 def _flask(env: dict[str, str], *args: str) -> str:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "flask"), "--app", "web", "keys", *args],
+        [str(Path(sys.executable).parent / "flask"), "--app", "web.app", "keys", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

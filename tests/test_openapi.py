@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.config import load_settings
-from web import create_app
+from web.app import create_app
 
 
 def test_every_route_is_documented_with_its_request_model(

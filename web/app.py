@@ -1,0 +1,91 @@
+"""The Flask app factory: ``create_app`` builds the app with all its surfaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, g
+from flask.json.provider import DefaultJSONProvider
+from flask_openapi3 import Info, OpenAPI
+
+from common import readiness
+from common.apikeys import KeyStore
+from common.config import Settings, load_settings
+from common.db import create_schema, make_engine
+from common.eventlog import EventLog, Hub
+from common.jobs import JobService
+from common.jsoncodec import dumps_bytes
+from common.limits import Limiter
+from common.redis_client import connect
+from common.storage import JobStore
+from web import admin, chat, envelope, health, jobs, legacy, models
+from web.cli import keys_cli
+from web.context import Services
+from web.errors import register_error_handlers, validation_error_response
+from web.relay import drop_unfollowed
+from workers.celery_app import make_celery
+from workers.messages import TaskMessages
+
+
+class CompactJSONProvider(DefaultJSONProvider):
+    """Answers written by ``common.jsoncodec`` (orjson), keys in the order built.
+
+    Request bodies are still read by the standard library (see jsoncodec).
+    """
+
+    sort_keys = False
+    ensure_ascii = False
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        body = dumps_bytes(self._prepare_response_obj(args, kwargs))
+        return Response(body + b"\n", mimetype=self.mimetype)
+
+
+def _services(settings: Settings) -> Services:
+    client = connect(settings.redis_url, settings.redis_timeout_seconds)
+    engine = make_engine(settings.database_url)
+    create_schema(engine)
+    keys = KeyStore(engine, client)
+    jobs_service = JobService(
+        JobStore(client, settings.job_ttl_seconds),
+        EventLog(client, Hub(client)),
+        settings.catalog,
+        Limiter(client),
+        TaskMessages(make_celery(settings)).run_job,
+        keys,
+    )
+    return Services(settings, client, jobs_service, keys)
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    """Build the web app; ``settings`` defaults to the environment's."""
+    settings = settings or load_settings()
+    readiness.install()
+    app = OpenAPI(
+        __name__,
+        info=Info(title="llmq", version="0.1.0"),
+        validation_error_status=400,
+        validation_error_callback=validation_error_response,
+        doc_ui=False,
+        static_folder=None,
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json = CompactJSONProvider(app)
+    app.extensions["llmq"] = _services(settings)
+    register_error_handlers(app)
+    for surface in (health, chat, models, jobs, envelope, legacy, admin):
+        app.register_api(surface.bp)
+    app.cli.add_command(keys_cli)
+
+    app.teardown_request(drop_unfollowed)
+
+    @app.after_request
+    def _job_headers(response: Response) -> Response:
+        job_id = g.get("job_id")
+        if job_id:
+            response.headers.setdefault("X-Job-Id", job_id)
+        for name, value in g.get("rate_headers", {}).items():
+            response.headers.setdefault(name, value)
+        return response
+
+    return app

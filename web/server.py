@@ -1,0 +1,48 @@
+"""The gunicorn worker the Procfile runs: gevent's own HTTP server, with keep-alive.
+
+gunicorn's ``gevent`` worker parses requests and writes responses in gunicorn's
+Python code; its ``gevent_pywsgi`` worker hands connections to ``gevent.pywsgi``,
+which costs a web process less CPU per request (bench/RESULTS.md). pywsgi alone
+never times out a connection waiting for its next request, so an idle keep-alive
+client would hold one of ``--worker-connections`` until it left, and a graceful
+stop would wait out ``--graceful-timeout`` for it. ``Worker`` closes a connection
+whose next request line and headers take longer than ``--keep-alive`` seconds to
+arrive, as gunicorn's own worker does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.workers.ggevent import (  # type: ignore[import-untyped]
+    GeventPyWSGIWorker,
+    PyWSGIHandler,
+)
+
+
+class KeepAliveHandler(PyWSGIHandler):
+    """pywsgi's handler with gunicorn's keep-alive limit on reading a request."""
+
+    #: Set from gunicorn's ``--keep-alive`` when the worker starts (0: no limit).
+    keepalive_seconds: float = 0.0
+
+    def read_requestline(self) -> str:
+        self.socket.settimeout(self.keepalive_seconds or None)
+        line: str = super().read_requestline()
+        return line
+
+    def read_request(self, raw_requestline: str) -> Any:
+        try:
+            return super().read_request(raw_requestline)
+        finally:
+            self.socket.settimeout(None)
+
+
+class Worker(GeventPyWSGIWorker):
+    """``--worker-class web.server.Worker``."""
+
+    wsgi_handler = KeepAliveHandler
+
+    def init_process(self) -> None:
+        KeepAliveHandler.keepalive_seconds = float(self.cfg.keepalive)
+        super().init_process()
