@@ -10,6 +10,8 @@ export PATH="$PWD/$VENV/bin:$PATH"
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
 export PORT=${PORT:-8000}
 export FLOWER_PORT=${FLOWER_PORT:-5555}
+# Locally each request is shown (the Procfile leaves gunicorn's access log off).
+export GUNICORN_CMD_ARGS=${GUNICORN_CMD_ARGS---access-logfile -}
 mkdir -p var
 if [ -z "${LLMQ_ADMIN_KEY:-}" ]; then
   [ -s var/admin-key ] || "$PY" -c "import secrets; print('admin-' + secrets.token_urlsafe(24))" > var/admin-key
