@@ -441,6 +441,47 @@ def test_a_stream_without_chunked_encoding_is_relayed_as_it_arrives() -> None:
     assert rest[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def _one_answer_server(request_lines: list[bytes]) -> int:
+    """A loopback server that answers one request with a JSON completion."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            request_lines.append(request.split(b"\r\n", 1)[0])
+            reply = {"choices": [{"index": 0, "message": {"content": "a"}}]}
+            body = json.dumps(reply).encode()
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+def test_the_request_line_is_the_path_direct_and_the_whole_url_through_a_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    lines: list[bytes] = []
+    direct = openai_provider(f"http://127.0.0.1:{_one_answer_server(lines)}/v1")
+    assert contents(collect(direct, chat())) == ["a"]
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{_one_answer_server(lines)}")
+    # Never resolved: the proxy (on loopback) is asked for it.
+    proxied = openai_provider("http://provider.invalid/v1")
+    assert contents(collect(proxied, chat())) == ["a"]
+    assert lines == [
+        b"POST /v1/chat/completions HTTP/1.1",
+        b"POST http://provider.invalid/v1/chat/completions HTTP/1.1",
+    ]
+
+
 def test_unreachable_base_url_is_unavailable() -> None:
     dead = openai_provider(f"http://127.0.0.1:{free_port()}/v1")
     with pytest.raises(ProviderUnavailableError) as info:

@@ -198,8 +198,13 @@ class OpenAICompatProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
         base_url = config.base_url or ""
-        self.url = f"{base_url.rstrip('/')}/chat/completions"
         self.pool = _connection_pool(base_url) if base_url else None
+        # The pool is the provider's host, so urllib3 need not parse and check a
+        # URL per call: the request line needs only the path, unless a proxy
+        # (which wants the whole URL) is in the way.
+        url = f"{base_url.rstrip('/')}/chat/completions"
+        direct = self.pool is not None and self.pool.proxy is None
+        self.target = urlsplit(url).path if direct else url
 
     def stream(
         self, model: ModelConfig, body: dict[str, Any], cancel: CancelToken
@@ -227,12 +232,13 @@ class OpenAICompatProvider:
         try:
             resp = self.pool.urlopen(
                 "POST",
-                self.url,
+                self.target,
                 body=dumps_bytes(payload),
                 headers=headers,
                 preload_content=False,
                 retries=False,
                 redirect=False,
+                assert_same_host=False,
                 timeout=urllib3.Timeout(
                     connect=timeouts.connect, read=timeouts.first_token
                 ),
