@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from common import readiness
+from workers import kombu_json
 from workers.celery_app import make_celery
 
 readiness.install()
+kombu_json.install()
 app = make_celery()
