@@ -443,7 +443,15 @@ def machine() -> str:
     ).stdout.split()[2]
     packages = ", ".join(
         f"{name} {version(name)}"
-        for name in ("gunicorn", "gevent", "celery", "flask", "redis", "hiredis")
+        for name in (
+            "gunicorn",
+            "gevent",
+            "celery",
+            "flask",
+            "redis",
+            "hiredis",
+            "orjson",
+        )
     )
     return (
         f"{os.cpu_count()} cores, {platform.platform()}, "
