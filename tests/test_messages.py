@@ -26,9 +26,8 @@ _PER_SEND = {
 
 def _comparable(payload: str | bytes) -> dict[str, Any]:
     message = json.loads(payload)
-    message["body"] = json.loads(
-        base64.b64decode(message["body"])
-    )  # the value, not its spacing
+    # The body's value, not its spacing.
+    message["body"] = json.loads(base64.b64decode(message["body"]))
     for section, name in _PER_SEND:
         message[section][name] = "*"
     message["properties"].pop(UNACKED_AT_SUBMIT, None)
