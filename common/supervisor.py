@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import _thread
 import logging
 import threading
 import time
@@ -109,4 +110,7 @@ class Supervisor:
             for run in list(self.runner.active.values()):
                 run.cancel.cancel(reasons.SHUTDOWN)
 
-        threading.Thread(target=expire, name="llmq-shutdown", daemon=True).start()
+        # Celery calls this from its signal handler, which under gevent can run on
+        # the event loop itself, where nothing may wait: ``Thread.start`` waits
+        # for the thread to start, ``start_new_thread`` does not.
+        _thread.start_new_thread(expire, ())

@@ -52,11 +52,13 @@ class Workers:
 
     def __init__(self, stack: Stack, logdir: Path) -> None:
         self.stack, self.logdir, self.procs = stack, logdir, []  # type: ignore[var-annotated]
+        self.logs: dict[int, Path] = {}
 
     def start(self, **env: str) -> subprocess.Popen[bytes]:
         name = f"crash-worker-{uuid.uuid4().hex[:6]}"
         proc = start_worker({**self.stack.env, **env}, self.logdir, name)
         self.procs.append(proc)
+        self.logs[proc.pid] = self.logdir / f"{name}.log"
         return proc
 
     def stop_all(self) -> None:
@@ -220,6 +222,19 @@ def test_sigterm_hands_unfinished_jobs_back_after_the_grace_period(
     statuses = [d for n, d in event_log(stack, auth, job_id) if n == "status"]
     assert {"status": "queued", "reason": "worker shutdown"} in statuses
     assert {"status": "running", "reset": True} in statuses
+
+
+def test_an_idle_worker_stops_on_sigterm_without_a_signal_handler_error(
+    workers: Workers,
+) -> None:
+    # Idle, the worker's event loop is what the signal interrupts; nothing the
+    # shutdown hook does there may block.
+    worker = workers.start()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    log = workers.logs[worker.pid].read_text()
+    assert "worker stopping" in log
+    assert "Signal handler" not in log and "Traceback" not in log, log
 
 
 def test_stopping_redis_answers_503_and_everything_recovers(
