@@ -34,7 +34,7 @@ from common.providers import build_provider
 from common.providers.base import Provider
 from common.queues import Priority
 from common.relay import DeltaBatcher
-from common.storage import JobRecord, JobStore, Transition, Unacked, now
+from common.storage import JobRecord, JobStore, TaskMessage, Transition, Unacked, now
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class JobRunner:
         catalog: Catalog,
         cancels: CancelRegistry,
         limiter: Limiter,
-        enqueue: Callable[[str, Priority], None],
+        task_for: Callable[[str, Priority], TaskMessage],
         lease_seconds: float,
         delta_window_seconds: float = 0.0,
     ) -> None:
@@ -99,7 +99,9 @@ class JobRunner:
         self.catalog = catalog
         self.cancels = cancels
         self.limiter = limiter
-        self.enqueue = enqueue
+        #: The task message that runs a job again, pushed by the transition that
+        #: hands it back to the queue (never a queued job without its task).
+        self.task_for = task_for
         self.lease_seconds = lease_seconds
         self.active: dict[str, Run] = {}
         self._lock = threading.Lock()
@@ -389,7 +391,7 @@ class JobRunner:
                 [("status", dumps({"status": "queued", "reason": "worker shutdown"}))]
             ),
             lease=("drop", run.token),
+            task=self.task_for(job.id, job.priority),  # type: ignore[arg-type]
         )
         if moved.applied:
-            self.enqueue(job.id, job.priority)  # type: ignore[arg-type]
             log.info("job %s handed back to the queue at shutdown", job.id)

@@ -167,6 +167,25 @@ return results
 """
 )
 
+# A transition that also pushes the job's task message, as the create script does
+# (see JobStore.create): a job moved back to ``queued`` is never without the task
+# that runs it. KEYS: the transition's six, then the task list, the broker's
+# unacked hash and its index. ARGV: the message, its delivery tag, its unacked
+# entry, now (seconds), then the transition's arguments.
+_TRANSITION_WITH_TASK = (
+    _TRANSITION_FUNCTION
+    + """
+local result = transition({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
+                          {unpack(ARGV, 5)})
+if result[1] == 1 then
+  redis.call('LPUSH', KEYS[7], ARGV[1])
+  redis.call('HSET', KEYS[8], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[9], ARGV[4], ARGV[2])
+end
+return result
+"""
+)
+
 # A run starting a job: take its lease and mark it running (see ``start``).
 # KEYS: job, events, interactive queued zset, lease, running zset, notify
 #       channel, bulk queued zset, the broker's unacked hash and its index
@@ -379,6 +398,7 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._transition_many = client.register_script(_TRANSITION_MANY)
+        self._transition_with_task = client.register_script(_TRANSITION_WITH_TASK)
         self._start = client.register_script(_start_script(totals or {}))
         self._renew = client.register_script(_RENEW)
         self._expired = client.register_script(_EXPIRED)
@@ -460,6 +480,7 @@ class JobStore:
         lease: tuple[str, str] | None = None,
         lease_seconds: float = 0,
         refresh_ttl: bool = False,
+        task: TaskMessage | None = None,
     ) -> Transition:
         """Atomically check status and lease, update fields and append events.
 
@@ -469,6 +490,8 @@ class JobStore:
             lease: ``(op, run token)``: ``take``, ``hold``, ``drop`` or ``orphan``.
             lease_seconds: the lease's life when taken.
             refresh_ttl: restart the record's and log's time to live.
+            task: the task message to push (with its unacked entry, see
+                ``create``) if the transition applies, in the same script.
 
         A job left ``queued`` is (re)entered in its queue's waiting set; any
         other status takes it out.
@@ -482,7 +505,14 @@ class JobStore:
             lease_seconds=lease_seconds,
             refresh_ttl=refresh_ttl,
         )
-        return _transition_result(self._transition(keys=step[0], args=step[1]))
+        if task is None:
+            return _transition_result(self._transition(keys=step[0], args=step[1]))
+        hash_key, index_key, tag = task.unacked
+        reply = self._transition_with_task(
+            keys=[*step[0], task.queue, hash_key, index_key],
+            args=[task.payload, tag, task.unacked_value, now(), *step[1]],
+        )
+        return _transition_result(reply)
 
     def start(
         self,

@@ -20,7 +20,7 @@ import time
 import redis
 
 from common import cancel as reasons
-from common.errors import ProviderTimeoutError
+from common.errors import ProviderTimeoutError, UnavailableError
 from common.jobs import finish_job
 from common.jsoncodec import dumps
 from common.runner import JobRunner
@@ -52,7 +52,7 @@ class Supervisor:
             try:
                 self.beat()
                 self.reap()
-            except redis.RedisError:
+            except (redis.RedisError, UnavailableError):
                 log.warning("supervisor cannot reach Redis; will retry")
 
     def beat(self) -> None:
@@ -95,10 +95,10 @@ class Supervisor:
                     ("status", dumps({"status": "queued", "reason": "worker lost"}))
                 ],
                 lease=("orphan", ""),
+                task=self.runner.task_for(job.id, job.priority),  # type: ignore[arg-type]
             )
             if moved.applied:
                 log.warning("job %s lost its worker; queued again", job.id)
-                self.runner.enqueue(job.id, job.priority)  # type: ignore[arg-type]
 
     def shutdown(self, grace_seconds: float) -> None:
         """Give running streams ``grace_seconds``, then hand the rest back."""

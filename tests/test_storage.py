@@ -8,7 +8,7 @@ import time
 import redis
 
 from common import keys
-from common.storage import JobStore
+from common.storage import JobStore, TaskMessage
 from tests.conftest import RedisServer, job_fields
 
 
@@ -74,3 +74,32 @@ def test_start_of_a_missing_or_finished_job_is_refused(
     job_id = _create(store, status="succeeded")
     job, moved = store.start(job_id, "run1", 10)
     assert not moved.applied and job is not None and job.status == "succeeded"
+
+
+def test_a_transition_back_to_queued_pushes_the_task_in_the_same_script(
+    redis_server: RedisServer,
+) -> None:
+    store = _store(redis_server)
+    job_id = _create(store)
+    job, _ = store.start(job_id, "run1", 10)
+    assert job is not None
+    queue = f"test-requeue-{job_id}"
+    tag = f"tag-{job_id}"
+    task = TaskMessage(
+        queue, "the message", ("test-unacked", "test-index", tag), "entry"
+    )
+    refused = store.transition(job, expected=("queued",), task=task)
+    assert not refused.applied
+    assert store.redis.llen(queue) == 0, "no task for a transition that did not apply"
+    moved = store.transition(
+        job,
+        expected=("running",),
+        fields={"status": "queued"},
+        lease=("drop", "run1"),
+        task=task,
+    )
+    assert moved.applied and moved.status == "queued"
+    assert store.redis.lrange(queue, 0, -1) == [b"the message"]
+    assert store.redis.hget("test-unacked", tag) == b"entry"
+    assert store.redis.zscore("test-index", tag) is not None
+    assert store.redis.zscore(keys.queued_key("bulk"), job_id) is not None

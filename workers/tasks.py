@@ -11,12 +11,13 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from common.cancel import CancelRegistry
 from common.limits import Limiter
-from common.queues import TASK_RUN_JOB, Priority
+from common.queues import TASK_RUN_JOB
 from common.redis_client import connect
 from common.runner import JobRunner
 from common.storage import JobStore
 from common.supervisor import Supervisor
 from workers.celery_app import LlmqCelery
+from workers.messages import TaskMessages
 from workers.transport import settled, unacked_entry
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,6 @@ def _supervisor_for(app: LlmqCelery) -> Supervisor:
         if _supervisor is None:
             settings = app.llmq_settings
             client = connect(settings.redis_url, settings.redis_timeout_seconds)
-
-            def enqueue(job_id: str, priority: Priority) -> None:
-                app.send_task(TASK_RUN_JOB, args=[job_id], queue=priority)
-
             runner = JobRunner(
                 JobStore(
                     client,
@@ -51,7 +48,7 @@ def _supervisor_for(app: LlmqCelery) -> Supervisor:
                 settings.catalog,
                 CancelRegistry(client),
                 Limiter(client),
-                enqueue,
+                TaskMessages(app).run_job,
                 settings.lease_seconds,
                 settings.delta_window_ms / 1000,
             )

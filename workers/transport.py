@@ -25,8 +25,10 @@ transaction of its own (11 % of a worker's CPU), and acknowledging it another
 
 The cost: a message still queued a visibility timeout after its submit is pushed
 once more (kombu restores it); its second delivery finds the job started or
-done and its start refuses it. A message kombu pushed back (redelivered) gets
-kombu's own bookkeeping, as does any message sent another way (``send_task``).
+done and its start refuses it. A worker that puts a job back on its queue (the
+reaper, the shutdown hand-back) pushes its message the same way, in the script
+that makes it queued. A message kombu pushed back (redelivered) gets kombu's own
+bookkeeping, as does any message sent another way (``send_task``).
 """
 
 from __future__ import annotations
