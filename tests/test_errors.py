@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import openai
@@ -130,13 +131,30 @@ def test_malformed_json_is_400_invalid_json(
     assert_error(resp, surface, 400, code)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize(("route", "surface"), CHAT_ROUTES)
 def test_oversize_body_is_413(
-    stack: Stack, auth: dict[str, str], route: str, surface: str
+    stack: Stack, auth: dict[str, str], route: str, surface: str, chunked: bool
 ) -> None:
     huge = chat_body(messages=[{"role": "user", "content": "x" * (9 * 1024 * 1024)}])
-    resp = requests.post(f"{stack.url}{route}", json=huge, headers=auth, timeout=30)
+    raw = json.dumps(huge).encode()
+    # A generator body goes out with Transfer-Encoding: chunked (no length).
+    data = (raw[i : i + 65536] for i in range(0, len(raw), 65536)) if chunked else raw
+    headers = {**auth, "Content-Type": "application/json"}
+    resp = requests.post(f"{stack.url}{route}", data=data, headers=headers, timeout=30)
     assert_error(resp, surface, 413, "payload_too_large")
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole(
+    stack: Stack, auth: dict[str, str]
+) -> None:
+    raw = json.dumps(chat_body(messages=[{"role": "user", "content": "x" * 200_000}]))
+    chunks = (raw[i : i + 4096].encode() for i in range(0, len(raw), 4096))
+    headers = {**auth, "Content-Type": "application/json"}
+    resp = requests.post(
+        f"{stack.url}/v1/chat/completions", data=chunks, headers=headers, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,12 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 
 from common.apikeys import KeyIdentity
-from common.errors import ForbiddenError, InvalidJSONError, UnauthorizedError
+from common.errors import (
+    ForbiddenError,
+    InvalidJSONError,
+    PayloadTooLargeError,
+    UnauthorizedError,
+)
 from web.context import services
 
 
@@ -27,10 +32,12 @@ def load_json_body() -> None:
         InvalidJSONError: the body is not JSON or not an object.
         RequestEntityTooLarge: the body is over the configured limit.
     """
-    if request.method not in ("POST", "PUT", "PATCH") or not request.get_data(
-        cache=True
-    ):
+    if request.method not in ("POST", "PUT", "PATCH"):
         return
+    data = request.get_data(cache=True)
+    if not data:
+        return
+    _refuse_a_cut_chunked_body(len(data))
     if request.mimetype.startswith("multipart/"):
         return
     try:
@@ -39,6 +46,19 @@ def load_json_body() -> None:
         raise InvalidJSONError("the body is not valid JSON") from exc
     if not isinstance(body, dict):
         raise InvalidJSONError("the body must be a JSON object")
+
+
+def _refuse_a_cut_chunked_body(read: int) -> None:
+    """413 for a chunked body longer than the limit.
+
+    A body without Content-Length is read up to ``MAX_CONTENT_LENGTH`` and then
+    simply ends (werkzeug's limited stream stops there without an error), so a
+    longer one would reach the JSON parser cut short. One more byte tells.
+    """
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and read >= limit:
+        if request.environ["wsgi.input"].read(1):
+            raise PayloadTooLargeError("the request body is too large")
 
 
 View = TypeVar("View", bound=Callable[..., Any])
