@@ -31,19 +31,12 @@ def dumps_bytes(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=_OPTIONS)
     except TypeError:
-        return _escaped(value).encode()
+        return json.dumps(value, separators=(",", ":")).encode()  # ASCII escapes
 
 
 def dumps(value: Any) -> str:
     """``value`` as compact JSON text."""
-    try:
-        return orjson.dumps(value, option=_OPTIONS).decode()
-    except TypeError:
-        return _escaped(value)
-
-
-def _escaped(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return dumps_bytes(value).decode()
 
 
 def loads(data: str | bytes) -> Any:

@@ -32,7 +32,6 @@ from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
 from common.providers import build_provider
 from common.providers.base import Provider
-from common.queues import Priority
 from common.relay import DeltaBatcher
 from common.storage import JobRecord, JobStore, TaskMessage, Transition, Unacked, now
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
@@ -91,7 +90,7 @@ class JobRunner:
         catalog: Catalog,
         cancels: CancelRegistry,
         limiter: Limiter,
-        task_for: Callable[[str, Priority], TaskMessage],
+        task_for: Callable[[str, str], TaskMessage],
         lease_seconds: float,
         delta_window_seconds: float = 0.0,
     ) -> None:
@@ -391,7 +390,7 @@ class JobRunner:
                 [("status", dumps({"status": "queued", "reason": "worker shutdown"}))]
             ),
             lease=("drop", run.token),
-            task=self.task_for(job.id, job.priority),  # type: ignore[arg-type]
+            task=self.task_for(job.id, job.priority),
         )
         if moved.applied:
             log.info("job %s handed back to the queue at shutdown", job.id)

@@ -24,6 +24,16 @@ CREATED_EVENT_ID = 1
 #: How long an ``Idempotency-Key`` remembers its job (24 h).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 
+# A job's task message pushed on its broker list, with the entry kombu's Redis
+# QoS would write into its unacked set on delivery (see workers/transport.py).
+_PUSH_TASK_FUNCTION = """
+local function push_task(list, unacked, index, message, tag, entry, at)
+  redis.call('LPUSH', list, message)
+  redis.call('HSET', unacked, tag, entry)
+  redis.call('ZADD', index, at, tag)
+end
+"""
+
 # KEYS: job, events, queued zset, owner index, idempotency key ("" = none),
 #       task list, the broker's unacked hash and its index ("" = no task),
 #       the API keys' generation counter ("" = no check)
@@ -32,7 +42,9 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 #       caller's key was checked at, field/value pairs
 # Returns 0 (nothing written) if the generation moved, else the idempotency
 # key's earlier value, else false.
-_CREATE = """
+_CREATE = (
+    _PUSH_TASK_FUNCTION
+    + """
 if KEYS[9] ~= '' and (redis.call('GET', KEYS[9]) or '') ~= ARGV[10] then
   return 0
 end
@@ -52,12 +64,11 @@ redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
 redis.call('EXPIRE', KEYS[4], ARGV[1])
 if KEYS[6] ~= '' then
-  redis.call('LPUSH', KEYS[6], ARGV[6])
-  redis.call('HSET', KEYS[7], ARGV[7], ARGV[8])
-  redis.call('ZADD', KEYS[8], ARGV[9], ARGV[7])
+  push_task(KEYS[6], KEYS[7], KEYS[8], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 end
 return false
 """
+)
 
 # One transition as a Lua function of its keys K and arguments A:
 # K: job, events, queued zset, lease, running zset, notify channel
@@ -174,13 +185,12 @@ return results
 # entry, now (seconds), then the transition's arguments.
 _TRANSITION_WITH_TASK = (
     _TRANSITION_FUNCTION
+    + _PUSH_TASK_FUNCTION
     + """
 local result = transition({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
                           {unpack(ARGV, 5)})
 if result[1] == 1 then
-  redis.call('LPUSH', KEYS[7], ARGV[1])
-  redis.call('HSET', KEYS[8], ARGV[2], ARGV[3])
-  redis.call('ZADD', KEYS[9], ARGV[4], ARGV[2])
+  push_task(KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
 return result
 """
@@ -365,6 +375,21 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
     )
 
 
+def _push_task_parts(
+    task: TaskMessage | None, at: float
+) -> tuple[list[str], list[Any]]:
+    """``push_task``'s keys and arguments for ``task`` (all empty for none)."""
+    if task is None:
+        return ["", "", ""], ["", "", "", ""]
+    hash_key, index_key, tag = task.unacked
+    return [task.queue, hash_key, index_key], [
+        task.payload,
+        tag,
+        task.unacked_value,
+        at,
+    ]
+
+
 def encode_fields(fields: dict[str, Any]) -> list[str]:
     """Flatten a field mapping for HSET: JSON for structures, text for scalars."""
     flat: list[str] = []
@@ -430,11 +455,7 @@ class JobStore:
         """
         job_id = fields["id"]
         idem_key, idem_value = idempotency or ("", "")
-        task_list, hash_key, index_key, tag, payload, entry = (
-            (task.queue, *task.unacked, task.payload, task.unacked_value)
-            if task
-            else ("",) * 6
-        )
+        task_keys, task_args = _push_task_parts(task, fields["created_at"])
         prior = self._create(
             keys=[
                 keys.job_key(job_id),
@@ -442,9 +463,7 @@ class JobStore:
                 keys.queued_key(fields["priority"]),
                 keys.owner_jobs_key(fields["owner"]),
                 idem_key,
-                task_list,
-                hash_key,
-                index_key,
+                *task_keys,
                 "" if key_generation is None else keys.KEYS_GENERATION_KEY,
             ],
             args=[
@@ -453,10 +472,7 @@ class JobStore:
                 int(fields["created_at"] * 1000),
                 idem_value,
                 IDEMPOTENCY_TTL_SECONDS,
-                payload,
-                tag,
-                entry,
-                fields["created_at"],
+                *task_args,
                 key_generation or "",
                 *encode_fields(fields),
             ],
@@ -507,10 +523,9 @@ class JobStore:
         )
         if task is None:
             return _transition_result(self._transition(keys=step[0], args=step[1]))
-        hash_key, index_key, tag = task.unacked
+        task_keys, task_args = _push_task_parts(task, now())
         reply = self._transition_with_task(
-            keys=[*step[0], task.queue, hash_key, index_key],
-            args=[task.payload, tag, task.unacked_value, now(), *step[1]],
+            keys=[*step[0], *task_keys], args=[*task_args, *step[1]]
         )
         return _transition_result(reply)
 

@@ -95,7 +95,7 @@ class Supervisor:
                     ("status", dumps({"status": "queued", "reason": "worker lost"}))
                 ],
                 lease=("orphan", ""),
-                task=self.runner.task_for(job.id, job.priority),  # type: ignore[arg-type]
+                task=self.runner.task_for(job.id, job.priority),
             )
             if moved.applied:
                 log.warning("job %s lost its worker; queued again", job.id)
