@@ -16,6 +16,7 @@ from typing import Any, cast
 import redis
 
 from common import keys
+from common.groupcall import GroupCall
 from common.jsoncodec import dumps, loads
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -23,6 +24,8 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 CREATED_EVENT_ID = 1
 #: How long an ``Idempotency-Key`` remembers its job (24 h).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+#: Most starts or transitions sent in one script call (bounds how long it holds Redis).
+MOST_PER_CALL = 64
 
 # A job's task message pushed on its broker list, with the entry kombu's Redis
 # QoS would write into its unacked set on delivery (see workers/transport.py).
@@ -41,32 +44,44 @@ end
 #       its delivery tag, its unacked entry, now (seconds), the generation the
 #       caller's key was checked at, field/value pairs
 # Returns 0 (nothing written) if the generation moved, else the idempotency
-# key's earlier value, else false.
+# key's earlier value, else false. The script takes several creates: KEYS nine
+# per create, ARGV per create its argument count and then its arguments; it
+# returns the list of their results.
 _CREATE = (
     _PUSH_TASK_FUNCTION
     + """
-if KEYS[9] ~= '' and (redis.call('GET', KEYS[9]) or '') ~= ARGV[10] then
-  return 0
+local function create(KEYS, ARGV)
+  if KEYS[9] ~= '' and (redis.call('GET', KEYS[9]) or '') ~= ARGV[10] then
+    return 0
+  end
+  if KEYS[5] ~= '' then
+    local prior = redis.call('GET', KEYS[5])
+    if prior then return prior end
+    redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
+  end
+  local fields = {}
+  for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
+  redis.call('EXPIRE', KEYS[4], ARGV[1])
+  if KEYS[6] ~= '' then
+    push_task(KEYS[6], KEYS[7], KEYS[8], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+  end
+  return false
 end
-if KEYS[5] ~= '' then
-  local prior = redis.call('GET', KEYS[5])
-  if prior then return prior end
-  redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
+local results, a = {}, 1
+for t = 0, #KEYS / 9 - 1 do
+  local count = tonumber(ARGV[a])
+  results[t + 1] = create({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
+                          {unpack(ARGV, a + 1, a + count)})
+  a = a + count + 1
 end
-local fields = {}
-for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
-redis.call('EXPIRE', KEYS[4], ARGV[1])
-if KEYS[6] ~= '' then
-  push_task(KEYS[6], KEYS[7], KEYS[8], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
-end
-return false
+return results
 """
 )
 
@@ -196,43 +211,52 @@ return result
 """
 )
 
-# A run starting a job: take its lease and mark it running (see ``start``).
-# KEYS: job, events, interactive queued zset, lease, running zset, notify
-#       channel, bulk queued zset, the broker's unacked hash and its index
-#       ("" = none). ARGV: job id, run token, lease ms, now, delivery tag.
-# Returns false for no job, else {transition result, the record's HGETALL}.
-# TOTALS (filled in per catalog) maps hex("<provider>\\n<model>") to the model's
-# total timeout, so the deadline is stored with the start.
+# Runs starting jobs: take each one's lease and mark it running (see ``start``).
+# KEYS, nine per start: job, events, interactive queued zset, lease, running
+#       zset, notify channel, bulk queued zset, the broker's unacked hash and
+#       its index ("" = none). ARGV, five per start: job id, run token, lease
+#       ms, now, delivery tag.
+# Returns, per start, false for no job, else {transition result, the record's
+# HGETALL}. TOTALS (filled in per catalog) maps hex("<provider>\\n<model>") to
+# the model's total timeout, so the deadline is stored with the start.
 _START = """
 local TOTALS = %s
-if KEYS[8] ~= '' then
-  redis.call('HDEL', KEYS[8], ARGV[5])
-  redis.call('ZREM', KEYS[9], ARGV[5])
+local function start(KEYS, ARGV)
+  if KEYS[8] ~= '' then
+    redis.call('HDEL', KEYS[8], ARGV[5])
+    redis.call('ZREM', KEYS[9], ARGV[5])
+  end
+  local priority = redis.call('HGET', KEYS[1], 'priority')
+  if not priority then return false end
+  local queued = KEYS[3]
+  if priority == 'bulk' then queued = KEYS[7] end
+  local data = '{"status":"running"}'
+  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0
+  if attempts > 0 then
+    data = '{"status":"running","reset":true}'  -- an earlier run may have relayed text
+  end
+  local job = redis.call('HMGET', KEYS[1], 'provider', 'model', 'started_at')
+  local name = (job[1] or '') .. '\\n' .. (job[2] or '')
+  local hex = name:gsub('.', function(c) return string.format('%%02x', c:byte()) end)
+  local deadline = tonumber(ARGV[4]) + (TOTALS[hex] or 0)
+  local fields = {'status', 'running', 'deadline_at', tostring(deadline),
+                  'attempts', tostring(attempts + 1)}
+  if not job[3] or job[3] == '' then
+    fields[#fields + 1] = 'started_at'
+    fields[#fields + 1] = ARGV[4]
+  end
+  local A = {'0', 'queued,running', ARGV[1], 'take', ARGV[2], ARGV[3], #fields / 2}
+  for _, v in ipairs(fields) do A[#A + 1] = v end
+  for _, v in ipairs({'1', 'status', data}) do A[#A + 1] = v end
+  local K = {KEYS[1], KEYS[2], queued, KEYS[4], KEYS[5], KEYS[6]}
+  return {transition(K, A), redis.call('HGETALL', KEYS[1])}
 end
-local priority = redis.call('HGET', KEYS[1], 'priority')
-if not priority then return false end
-local queued = KEYS[3]
-if priority == 'bulk' then queued = KEYS[7] end
-local data = '{"status":"running"}'
-local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') or 0
-if attempts > 0 then
-  data = '{"status":"running","reset":true}'  -- an earlier run may have relayed text
+local results = {}
+for t = 0, #KEYS / 9 - 1 do
+  results[t + 1] = start({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
+                         {unpack(ARGV, t * 5 + 1, t * 5 + 5)})
 end
-local job = redis.call('HMGET', KEYS[1], 'provider', 'model', 'started_at')
-local name = (job[1] or '') .. '\\n' .. (job[2] or '')
-local hex = name:gsub('.', function(c) return string.format('%%02x', c:byte()) end)
-local deadline = tonumber(ARGV[4]) + (TOTALS[hex] or 0)
-local fields = {'status', 'running', 'deadline_at', tostring(deadline),
-                'attempts', tostring(attempts + 1)}
-if not job[3] or job[3] == '' then
-  fields[#fields + 1] = 'started_at'
-  fields[#fields + 1] = ARGV[4]
-end
-local A = {'0', 'queued,running', ARGV[1], 'take', ARGV[2], ARGV[3], #fields / 2}
-for _, v in ipairs(fields) do A[#A + 1] = v end
-for _, v in ipairs({'1', 'status', data}) do A[#A + 1] = v end
-local K = {KEYS[1], KEYS[2], queued, KEYS[4], KEYS[5], KEYS[6]}
-return {transition(K, A), redis.call('HGETALL', KEYS[1])}
+return results
 """
 
 
@@ -332,6 +356,12 @@ class Transition:
 
 #: One run's append: (job, lease token, record fields, events).
 Append = tuple[JobRecord, str, dict[str, Any], list[tuple[str, str]]]
+#: One start: (job id, run token, lease seconds, the task's unacked entry).
+Start = tuple[str, str, float, Unacked | None]
+#: What a start found: the record (None: no such job) and whether it applied.
+Started = tuple[JobRecord | None, Transition]
+#: One transition's keys and arguments (see ``_TRANSITION_FUNCTION``).
+Step = tuple[list[str], list[Any]]
 
 
 def _transition_result(reply: list[Any]) -> Transition:
@@ -342,6 +372,14 @@ def _transition_result(reply: list[Any]) -> Transition:
         cancel_requested=cancel in (b"1", "1"),
         lease_lost=bool(lost),
     )
+
+
+def _started(reply: list[Any] | None) -> Started:
+    if not reply:
+        return None, Transition(False, "", False)
+    result, flat = reply
+    record = dict(zip(flat[::2], flat[1::2], strict=True))
+    return _decode(record), _transition_result(result)
 
 
 def _decode(raw: dict[bytes, bytes]) -> JobRecord:
@@ -427,6 +465,11 @@ class JobStore:
         self._start = client.register_script(_start_script(totals or {}))
         self._renew = client.register_script(_RENEW)
         self._expired = client.register_script(_EXPIRED)
+        # Starts and transitions made at the same moment (hundreds of runs in one
+        # worker process) share round trips: see common/groupcall.py.
+        self._creates = GroupCall(self._create_many, MOST_PER_CALL, "llmq-creates")
+        self._starts = GroupCall(self.start_many, MOST_PER_CALL, "llmq-starts")
+        self._transitions = GroupCall(self._steps, MOST_PER_CALL, "llmq-transitions")
 
     def create(
         self,
@@ -456,30 +499,41 @@ class JobStore:
         job_id = fields["id"]
         idem_key, idem_value = idempotency or ("", "")
         task_keys, task_args = _push_task_parts(task, fields["created_at"])
-        prior = self._create(
-            keys=[
-                keys.job_key(job_id),
-                keys.events_key(job_id),
-                keys.queued_key(fields["priority"]),
-                keys.owner_jobs_key(fields["owner"]),
-                idem_key,
-                *task_keys,
-                "" if key_generation is None else keys.KEYS_GENERATION_KEY,
-            ],
-            args=[
-                self.ttl_seconds,
-                job_id,
-                int(fields["created_at"] * 1000),
-                idem_value,
-                IDEMPOTENCY_TTL_SECONDS,
-                *task_args,
-                key_generation or "",
-                *encode_fields(fields),
-            ],
+        prior = self._creates(
+            (
+                [
+                    keys.job_key(job_id),
+                    keys.events_key(job_id),
+                    keys.queued_key(fields["priority"]),
+                    keys.owner_jobs_key(fields["owner"]),
+                    idem_key,
+                    *task_keys,
+                    "" if key_generation is None else keys.KEYS_GENERATION_KEY,
+                ],
+                [
+                    self.ttl_seconds,
+                    job_id,
+                    int(fields["created_at"] * 1000),
+                    idem_value,
+                    IDEMPOTENCY_TTL_SECONDS,
+                    *task_args,
+                    key_generation or "",
+                    *encode_fields(fields),
+                ],
+            )
         )
         if prior == 0:
             raise KeysChanged
         return prior.decode() if prior else None
+
+    def _create_many(self, creates: Sequence[Step]) -> list[Any]:
+        """Several ``create`` scripts' keys and arguments in one round trip."""
+        all_keys: list[str] = []
+        all_args: list[Any] = []
+        for create_keys, create_args in creates:
+            all_keys += create_keys
+            all_args += [len(create_args), *create_args]
+        return list(self._create(keys=all_keys, args=all_args))
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job record, or None if it does not exist (or expired)."""
@@ -522,7 +576,7 @@ class JobStore:
             refresh_ttl=refresh_ttl,
         )
         if task is None:
-            return _transition_result(self._transition(keys=step[0], args=step[1]))
+            return self._transitions(step)
         task_keys, task_args = _push_task_parts(task, now())
         reply = self._transition_with_task(
             keys=[*step[0], *task_keys], args=[*task_args, *step[1]]
@@ -551,9 +605,15 @@ class JobStore:
         message is acknowledged exactly when the job's own lease (or its end)
         takes over keeping it from being lost.
         """
-        hash_key, index_key, tag = unacked or ("", "", "")
-        reply = self._start(
-            keys=[
+        return self._starts((job_id, token, lease_seconds, unacked))
+
+    def start_many(self, starts: Sequence[Start]) -> list[Started]:
+        """Several ``start`` calls in one round trip, applied in order."""
+        all_keys: list[str] = []
+        all_args: list[Any] = []
+        for job_id, token, lease_seconds, unacked in starts:
+            hash_key, index_key, tag = unacked or ("", "", "")
+            all_keys += [
                 keys.job_key(job_id),
                 keys.events_key(job_id),
                 keys.queued_key("interactive"),
@@ -563,25 +623,31 @@ class JobStore:
                 keys.queued_key("bulk"),
                 hash_key,
                 index_key,
-            ],
-            args=[job_id, token, int(lease_seconds * 1000), now(), tag],
-        )
-        if not reply:
-            return None, Transition(False, "", False)
-        result, flat = reply
-        record = dict(zip(flat[::2], flat[1::2], strict=True))
-        return _decode(record), _transition_result(result)
+            ]
+            all_args += [job_id, token, int(lease_seconds * 1000), now(), tag]
+        return [_started(reply) for reply in self._start(keys=all_keys, args=all_args)]
 
     def append_many(self, appends: Sequence[Append]) -> list[Transition]:
         """Several runs' appends in one round trip, each applied as ``transition``
         with a ``hold`` of its run's lease would apply it.
         """
+        return self._steps(
+            [
+                self._step(job, fields=fields, events=events, lease=("hold", token))
+                for job, token, fields, events in appends
+            ]
+        )
+
+    def _steps(self, steps: Sequence[Step]) -> list[Transition]:
+        """Transitions of different jobs in one round trip, applied in order."""
+        if len(steps) == 1:
+            ((step_keys, step_args),) = steps
+            return [
+                _transition_result(self._transition(keys=step_keys, args=step_args))
+            ]
         all_keys: list[str] = []
         all_args: list[Any] = []
-        for job, token, fields, events in appends:
-            step_keys, step_args = self._step(
-                job, fields=fields, events=events, lease=("hold", token)
-            )
+        for step_keys, step_args in steps:
             all_keys += step_keys
             all_args += [len(step_args), *step_args]
         results = self._transition_many(keys=all_keys, args=all_args)
@@ -597,7 +663,7 @@ class JobStore:
         lease: tuple[str, str] | None,
         lease_seconds: float = 0,
         refresh_ttl: bool = False,
-    ) -> tuple[list[str], list[Any]]:
+    ) -> Step:
         """The keys and arguments of one transition (see ``_TRANSITION_FUNCTION``)."""
         op, token = lease or ("", "")
         flat = encode_fields(fields)

@@ -34,10 +34,14 @@ bookkeeping, as does any message sent another way (``send_task``).
 from __future__ import annotations
 
 from functools import cached_property
+from queue import Empty
+from time import monotonic
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
 
 from common.storage import Unacked
 
@@ -87,10 +91,64 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.ack(self, delivery_tag)
 
 
+#: Most messages one fetch takes.
+FETCH_MAX = 16
+
+
 class Channel(kombu_redis.Channel):
     """A Redis channel that reuses its synchronous client."""
 
     QoS = QoS
+
+    @cached_property
+    def _fetches_many(self) -> bool:
+        version = self.client.info("server")["redis_version"]
+        return int(str(version).split(".")[0]) >= 7
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self._fetches_many:
+            return super()._brpop_start(timeout)
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return None
+        keys = [
+            self.global_keyprefix + self._q_for_pri(queue, pri)
+            for pri in self.priority_steps
+            for queue in queues
+        ]
+        count = min(FETCH_MAX, self.qos.can_consume_max_estimate() or FETCH_MAX)
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        self.client.connection.send_command(
+            "BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", max(1, count)
+        )
+        return None
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._fetches_many:
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                reply = redis.Redis.parse_response(
+                    self.client, self.client.connection, "BLMPOP", **options
+                )
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not reply:
+                raise Empty()
+            dest, items = reply
+            dest = bytes_to_str(dest)[len(self.global_keyprefix) :]
+            dest = dest.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            for item in items:
+                self.connection._deliver(kombu_redis.loads(bytes_to_str(item)), dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
 
     @cached_property
     def _sync_client(self) -> Any:
