@@ -173,8 +173,6 @@ local function transition(K, A)
 end
 """
 
-_TRANSITION = _TRANSITION_FUNCTION + "return transition(KEYS, ARGV)"
-
 # Many transitions (of different jobs) in one call, applied in order.
 # KEYS: each transition's six keys in turn. ARGV: per transition, its argument
 # count and then its arguments. Returns the list of their results.
@@ -459,7 +457,6 @@ class JobStore:
         self.redis = client
         self.ttl_seconds = ttl_seconds
         self._create = client.register_script(_CREATE)
-        self._transition = client.register_script(_TRANSITION)
         self._transition_many = client.register_script(_TRANSITION_MANY)
         self._transition_with_task = client.register_script(_TRANSITION_WITH_TASK)
         self._start = client.register_script(_start_script(totals or {}))
@@ -640,11 +637,6 @@ class JobStore:
 
     def _steps(self, steps: Sequence[Step]) -> list[Transition]:
         """Transitions of different jobs in one round trip, applied in order."""
-        if len(steps) == 1:
-            ((step_keys, step_args),) = steps
-            return [
-                _transition_result(self._transition(keys=step_keys, args=step_args))
-            ]
         all_keys: list[str] = []
         all_args: list[Any] = []
         for step_keys, step_args in steps:

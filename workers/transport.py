@@ -1,5 +1,6 @@
-"""kombu's Redis transport: one client per channel, a task's unacked entry written
-at its submit and removed by its job's start.
+"""kombu's Redis transport: one client per channel, several messages per fetch
+(see ``Channel``), a task's unacked entry written at its submit and removed by
+its job's start.
 
 kombu builds a new ``redis.Redis`` (its option and callback tables included) for
 every unacked-bookkeeping pipeline and every ack: at hundreds of tasks per second
@@ -91,28 +92,37 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.ack(self, delivery_tag)
 
 
-#: Most messages one fetch takes.
+#: Most task messages one fetch takes.
 FETCH_MAX = 16
+#: The first Redis version with BLMPOP.
+BLMPOP_SINCE = 7
 
 
 class Channel(kombu_redis.Channel):
-    """A Redis channel that reuses its synchronous client."""
+    """A Redis channel that reuses its synchronous client and fetches in batches.
+
+    kombu takes one message per BRPOP: a round trip, and a wake-up of Redis, per
+    task. On Redis 7 one BLMPOP takes up to ``FETCH_MAX`` (never more than the
+    prefetch limit lets in) from the first non-empty queue in kombu's priority
+    order, oldest first, as BRPOP would one by one; submits that arrive
+    together are then delivered together, and their starts share a round trip
+    (common/groupcall.py). An older Redis gets BRPOP as before.
+    """
 
     QoS = QoS
 
     @cached_property
     def _fetches_many(self) -> bool:
-        version = self.client.info("server")["redis_version"]
-        return int(str(version).split(".")[0]) >= 7
+        version = str(self.client.info("server")["redis_version"])
+        return int(version.split(".")[0]) >= BLMPOP_SINCE
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._fetches_many:
-            return super()._brpop_start(timeout)
-        if timeout is None:
-            timeout = self.brpop_timeout
+            super()._brpop_start(timeout)
+            return
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
-            return None
+            return
         keys = [
             self.global_keyprefix + self._q_for_pri(queue, pri)
             for pri in self.priority_steps
@@ -120,17 +130,25 @@ class Channel(kombu_redis.Channel):
         ]
         count = min(FETCH_MAX, self.qos.can_consume_max_estimate() or FETCH_MAX)
         self._in_poll = self.client.connection
-        self._brpop_sent_at = monotonic()
+        self._brpop_sent_at = monotonic()  # type: ignore[assignment]  # kombu: None
         self.client.connection.send_command(
-            "BLMPOP", timeout or 0, len(keys), *keys, "RIGHT", "COUNT", max(1, count)
+            "BLMPOP",
+            self.brpop_timeout if timeout is None else timeout,
+            len(keys),
+            *keys,
+            "RIGHT",
+            "COUNT",
+            max(1, count),
         )
-        return None
 
     def _brpop_read(self, **options: Any) -> bool:
+        """Deliver what the fetch took, as kombu's ``_brpop_read`` does one message."""
         if not self._fetches_many:
             return bool(super()._brpop_read(**options))
         try:
             try:
+                # Not the prefixing client's own parse_response, which knows BRPOP's
+                # reply alone.
                 reply = redis.Redis.parse_response(
                     self.client, self.client.connection, "BLMPOP", **options
                 )
@@ -139,15 +157,15 @@ class Channel(kombu_redis.Channel):
                 raise
             if not reply:
                 raise Empty()
-            dest, items = reply
-            dest = bytes_to_str(dest)[len(self.global_keyprefix) :]
-            dest = dest.rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)
+            key, items = reply
+            queue = bytes_to_str(key)[len(self.global_keyprefix) :]
+            queue = queue.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
             for item in items:
-                self.connection._deliver(kombu_redis.loads(bytes_to_str(item)), dest)
+                self.connection._deliver(kombu_redis.loads(bytes_to_str(item)), queue)
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # kombu: False or a connection
             self._flush_brpop_reauth()
 
     @cached_property
