@@ -24,7 +24,8 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 CREATED_EVENT_ID = 1
 #: How long an ``Idempotency-Key`` remembers its job (24 h).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-#: Most starts or transitions sent in one script call (bounds how long it holds Redis).
+#: Most creates, starts or transitions in one script call (bounds how long it
+#: holds Redis).
 MOST_PER_CALL = 64
 
 # A job's task message pushed on its broker list, with the entry kombu's Redis
@@ -372,6 +373,17 @@ def _transition_result(reply: list[Any]) -> Transition:
     )
 
 
+def _flattened(steps: Sequence[Step]) -> Step:
+    """Several scripts' keys and arguments as one call's: all the keys in turn,
+    and for each script its argument count, then its arguments."""
+    all_keys: list[str] = []
+    all_args: list[Any] = []
+    for step_keys, step_args in steps:
+        all_keys += step_keys
+        all_args += [len(step_args), *step_args]
+    return all_keys, all_args
+
+
 def _started(reply: list[Any] | None) -> Started:
     if not reply:
         return None, Transition(False, "", False)
@@ -462,8 +474,8 @@ class JobStore:
         self._start = client.register_script(_start_script(totals or {}))
         self._renew = client.register_script(_RENEW)
         self._expired = client.register_script(_EXPIRED)
-        # Starts and transitions made at the same moment (hundreds of runs in one
-        # worker process) share round trips: see common/groupcall.py.
+        # Creates, starts and transitions made at the same moment (hundreds of
+        # requests or runs in one process) share round trips: common/groupcall.py.
         self._creates = GroupCall(self._create_many, MOST_PER_CALL, "llmq-creates")
         self._starts = GroupCall(self.start_many, MOST_PER_CALL, "llmq-starts")
         self._transitions = GroupCall(self._steps, MOST_PER_CALL, "llmq-transitions")
@@ -524,12 +536,8 @@ class JobStore:
         return prior.decode() if prior else None
 
     def _create_many(self, creates: Sequence[Step]) -> list[Any]:
-        """Several ``create`` scripts' keys and arguments in one round trip."""
-        all_keys: list[str] = []
-        all_args: list[Any] = []
-        for create_keys, create_args in creates:
-            all_keys += create_keys
-            all_args += [len(create_args), *create_args]
+        """Several creates (each its keys and arguments) in one round trip."""
+        all_keys, all_args = _flattened(creates)
         return list(self._create(keys=all_keys, args=all_args))
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -586,7 +594,7 @@ class JobStore:
         token: str,
         lease_seconds: float,
         unacked: Unacked | None = None,
-    ) -> tuple[JobRecord | None, Transition]:
+    ) -> Started:
         """Take a queued (or orphaned running) job's lease and mark it running.
 
         One round trip: the lease, the status, ``started_at`` (kept from an
@@ -637,11 +645,7 @@ class JobStore:
 
     def _steps(self, steps: Sequence[Step]) -> list[Transition]:
         """Transitions of different jobs in one round trip, applied in order."""
-        all_keys: list[str] = []
-        all_args: list[Any] = []
-        for step_keys, step_args in steps:
-            all_keys += step_keys
-            all_args += [len(step_args), *step_args]
+        all_keys, all_args = _flattened(steps)
         results = self._transition_many(keys=all_keys, args=all_args)
         return [_transition_result(r) for r in results]
 
