@@ -6,10 +6,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from common import keys
@@ -56,6 +54,21 @@ def _in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
     return results
 
 
+def _gathered(
+    most: int, items: tuple[int, ...]
+) -> tuple[list[Any], _Recorder, GroupCall[int, int]]:
+    """Call 1, and ``items`` in order while its call is held on the wire."""
+    recorder = _Recorder()
+    group = GroupCall(recorder, most=most, name="test")
+    first = threading.Thread(target=group, args=(1,))
+    first.start()
+    wait_until(lambda: recorder.groups, 5, "the first call")
+    threading.Timer(0.3, recorder.release.set).start()
+    results = _in_threads([partial(group, i) for i in items])
+    first.join(5)
+    return results, recorder, group
+
+
 def test_a_lone_call_goes_at_once() -> None:
     recorder = _Recorder()
     recorder.release.set()
@@ -66,52 +79,22 @@ def test_a_lone_call_goes_at_once() -> None:
 
 
 def test_calls_made_while_one_is_on_the_wire_go_together_in_order() -> None:
-    recorder = _Recorder()
-    group = GroupCall(recorder, most=8, name="test")
-    first = threading.Thread(target=group, args=(1,))
-    first.start()
-    wait_until(lambda: recorder.groups, 5, "the first call")
-    threading.Timer(0.3, recorder.release.set).start()
-    results = _in_threads([partial(group, i) for i in (2, 3, 4, 5)])
-    first.join(5)
+    results, recorder, _ = _gathered(8, (2, 3, 4, 5))
     assert results == [20, 30, 40, 50]  # each caller its own result
     assert recorder.groups == [[1], [2, 3, 4, 5]]
 
 
 def test_most_bounds_one_call() -> None:
-    recorder = _Recorder()
-    group = GroupCall(recorder, most=2, name="test")
-    first = threading.Thread(target=group, args=(1,))
-    first.start()
-    wait_until(lambda: recorder.groups, 5, "the first call")
-    threading.Timer(0.3, recorder.release.set).start()
-    results = _in_threads([partial(group, i) for i in (2, 3, 4, 5, 6)])
-    first.join(5)
+    results, recorder, _ = _gathered(2, (2, 3, 4, 5, 6))
     assert results == [20, 30, 40, 50, 60]
     assert recorder.groups == [[1], [2, 3], [4, 5], [6]]
 
 
 def test_an_error_reaches_the_callers_of_its_group_alone() -> None:
-    recorder = _Recorder()
-    group = GroupCall(recorder, most=2, name="test")
-    first = threading.Thread(target=group, args=(1,))
-    first.start()
-    wait_until(lambda: recorder.groups, 5, "the first call")
-    threading.Timer(0.3, recorder.release.set).start()
-    results = _in_threads([partial(group, i) for i in (2, -1, 4)])
-    first.join(5)
+    results, _, group = _gathered(2, (2, -1, 4))
     assert isinstance(results[0], ValueError) and isinstance(results[1], ValueError)
     assert results[2] == 40
     assert group(7) == 70  # the writer goes on
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Any:
-    """A Redis of this test alone, so its command counts are this test's."""
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _scripts_run(client: redis.Redis) -> int:

@@ -22,31 +22,26 @@ from workers.transport import settled, unacked_entry
 QUEUE = "test-transport"
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Any:
-    """A Redis of this test alone, so its command counts are this test's."""
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
 def _deliver(app: LlmqCelery, channel: Any, job_id: str) -> Message:
     """Send a run_job task and take delivery of it, unacknowledged."""
     app.send_task(TASK_RUN_JOB, args=[job_id], queue=QUEUE)
     return _take(channel)
 
 
-def _take(channel: Any) -> Message:
-    """Take delivery of the next message on QUEUE, unacknowledged."""
-    received: list[Message] = []
-    consumer = Consumer(
+def _consumer(channel: Any, received: list[Message]) -> Consumer:
+    """A consumer of QUEUE that appends each message it is delivered to ``received``."""
+    return Consumer(
         channel,
         queues=[Queue(QUEUE)],
         callbacks=[lambda _body, message: received.append(message)],
         accept=["json"],
     )
-    with consumer:
+
+
+def _take(channel: Any) -> Message:
+    """Take delivery of the next message on QUEUE, unacknowledged."""
+    received: list[Message] = []
+    with _consumer(channel, received):
         channel.connection.client.drain_events(timeout=5)
     [message] = received
     return message
@@ -246,13 +241,7 @@ def test_a_fetch_takes_what_the_prefetch_limit_lets_in_oldest_first(
         with app.connection_for_read() as connection:
             channel = connection.default_channel
             channel.basic_qos(0, 3, False)  # three unacknowledged at most
-            consumer = Consumer(
-                channel,
-                queues=[Queue(QUEUE)],
-                callbacks=[lambda _body, message: received.append(message)],
-                accept=["json"],
-            )
-            with consumer:
+            with _consumer(channel, received):
                 connection.drain_events(timeout=5)
                 first = len(received)
                 while len(received) < 5:
