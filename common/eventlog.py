@@ -146,10 +146,18 @@ class Hub:
         threading.Thread(target=self._listen, name="llmq-hub", daemon=True).start()
 
     def _listen(self) -> None:
+        """Read the hub's messages as they come.
+
+        The read blocks on the socket: waiting with a timeout would poll the
+        socket and peek at it before each message (redis-py's ``can_read``),
+        three system calls where one does. A Redis that goes away ends the
+        read (the connection's TCP keepalive, see ``redis_client``, covers one
+        that vanishes silently).
+        """
         assert self._pubsub is not None
         while True:
             try:
-                message = self._pubsub.get_message(timeout=1.0)
+                message = self._pubsub.get_message(timeout=None)  # type: ignore[arg-type]
             except redis.RedisError:
                 log.warning("event hub lost Redis; followers will backfill")
                 threading.Event().wait(HUB_RETRY_SECONDS)

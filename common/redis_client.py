@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -11,6 +13,10 @@ from redis.retry import Retry
 POOL_CONNECTIONS = 128
 #: Longest a caller waits for a free pooled connection when all are busy.
 POOL_WAIT_SECONDS = 5.0
+#: TCP keepalive (idle seconds, probe interval, probes): a connection to a Redis
+#: that vanished without closing it fails within about a minute, even one that
+#: only waits for pub/sub messages.
+KEEPALIVE = {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3}
 
 
 def connect(url: str, timeout_seconds: float) -> redis.Redis:
@@ -27,5 +33,7 @@ def connect(url: str, timeout_seconds: float) -> redis.Redis:
         socket_timeout=timeout_seconds,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=30,
+        socket_keepalive=True,
+        socket_keepalive_options=KEEPALIVE,
     )
     return redis.Redis(connection_pool=pool)

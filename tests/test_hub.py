@@ -6,6 +6,7 @@ import redis
 
 from common import keys
 from common.eventlog import Hub
+from common.redis_client import connect
 from common.storage import JobStore
 from tests.conftest import RedisServer, job_fields, wait_until
 
@@ -58,3 +59,26 @@ def test_a_job_without_notify_publishes_only_on_its_own_channel(
         5,
         "the job channel's subscription ended",
     )
+
+
+def test_the_hub_listens_again_after_redis_restarts(own_redis: RedisServer) -> None:
+    """The hub's read blocks on its socket; a Redis that goes away ends it, and
+    the hub subscribes again once Redis is back, with no request to wake it."""
+    client = connect(own_redis.url, 1.0)
+    store, hub = JobStore(client, 60), Hub(client)
+    before = _create(store, hub.channel)
+    hub.unsubscribe(before, hub.expect(before))  # the hub is listening
+    own_redis.stop()
+    own_redis.start()
+    wait_until(
+        lambda: client.pubsub_numsub(hub.channel)[0][1] == 1,
+        10,
+        "the hub's subscription after the restart",
+    )
+    job_id = _create(store, hub.channel)
+    inbox = hub.expect(job_id)
+    job = store.get(job_id)
+    assert job is not None
+    store.transition(job, events=[("delta", "{}")])
+    assert inbox.get(timeout=2).type == "delta"
+    hub.unsubscribe(job_id, inbox)
