@@ -1,15 +1,21 @@
 """The web's gunicorn worker (web.server): keep-alive, and idle connections let go.
 
 gunicorn's keep-alive limit is its default, 2 seconds: a connection that sends no
-request for that long is closed, and a stopping web does not wait for it.
+request for that long is closed, and a stopping web does not wait for it. A
+response's head leaves with its first body bytes, in one send.
 """
 
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+
+import gevent.socket
+from gevent.pywsgi import WSGIServer
 
 from tests.conftest import (
     RedisServer,
@@ -18,6 +24,7 @@ from tests.conftest import (
     start_web,
     stop_process,
 )
+from web.server import KeepAliveHandler
 
 KEEPALIVE_SECONDS = 2.0
 #: How long a stop may take with an idle client connected (gunicorn's graceful
@@ -88,3 +95,59 @@ def test_a_stop_does_not_wait_for_an_idle_keep_alive_client(
             assert time.monotonic() - start < STOP_WITHIN_SECONDS
     finally:
         stop_process(web)
+
+
+class _Recording(KeepAliveHandler):
+    """The web's handler, noting what each of pywsgi's sends carries."""
+
+    sends: list[bytes] = []
+
+    def _sendall(self, data: bytes) -> None:
+        self.sends.append(bytes(data))
+        super()._sendall(data)
+
+    def log_request(self) -> None:
+        """No gunicorn logger here."""
+
+
+def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    if environ["PATH_INFO"] == "/stream":  # no length: chunked, piece by piece
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return iter([b"data: 1\n\n", b"data: 2\n\n"])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+def _exchange(path: str, ending: bytes) -> tuple[list[bytes], bytes]:
+    """The sends the handler made for one request, and what the client read."""
+    _Recording.sends = []
+    server = WSGIServer(("127.0.0.1", 0), _app, handler_class=_Recording, log=None)
+    server.start()
+    try:
+        client = gevent.socket.create_connection(server.address, timeout=10)
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: llmq\r\n\r\n".encode())
+        received = b""
+        while not received.endswith(ending):
+            received += client.recv(4096)
+        client.close()
+    finally:
+        server.stop()
+    return _Recording.sends, received
+
+
+def test_a_whole_answer_leaves_in_one_send() -> None:
+    sends, received = _exchange("/plain", b"hello")
+    assert len(sends) == 1
+    assert sends[0] == received
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Length: 5\r\n" in received
+
+
+def test_a_streams_head_leaves_with_its_first_chunk() -> None:
+    sends, received = _exchange("/stream", b"0\r\n\r\n")
+    head, _, body = sends[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"9\r\ndata: 1\n\n\r\n"  # the first chunk, framed
+    assert sends[1:] == [b"9\r\ndata: 2\n\n\r\n", b"0\r\n\r\n"]
+    assert b"".join(sends) == received

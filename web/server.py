@@ -7,7 +7,8 @@ never times out a connection waiting for its next request, so an idle keep-alive
 client would hold one of ``--worker-connections`` until it left, and a graceful
 stop would wait out ``--graceful-timeout`` for it. ``Worker`` closes a connection
 whose next request line and headers take longer than ``--keep-alive`` seconds to
-arrive, as gunicorn's own worker does.
+arrive, as gunicorn's own worker does, and sends a response's status line and
+headers in the same system call as its first body bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ class KeepAliveHandler(PyWSGIHandler):
             return super().read_request(raw_requestline)
         finally:
             self.socket.settimeout(None)
+
+    def _write_with_headers(self, data: bytes) -> None:
+        """pywsgi sends the headers, then the first body bytes: one send here.
+
+        A whole non-streamed answer, or a stream's headers with its first chunk,
+        leaves in one system call and one TCP segment.
+        """
+        pending = bytearray()
+        self._sendall = pending.extend  # collect what pywsgi would send
+        try:
+            super()._write_with_headers(data)
+        finally:
+            del self._sendall
+        self._sendall(pending)
 
 
 class Worker(GeventPyWSGIWorker):
