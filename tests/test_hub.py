@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import redis
 
 from common import keys
@@ -82,3 +85,20 @@ def test_the_hub_listens_again_after_redis_restarts(own_redis: RedisServer) -> N
     store.transition(job, events=[("delta", "{}")])
     assert inbox.get(timeout=2).type == "delta"
     hub.unsubscribe(job_id, inbox)
+
+
+def test_the_hub_does_not_format_each_message_for_a_debug_log(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """redis-py's default push handler formats every message into a debug line."""
+    caplog.set_level(logging.DEBUG, logger="push_response")
+    client = redis.Redis.from_url(redis_server.url)
+    store, hub = JobStore(client, 60), Hub(client)
+    job_id = _create(store, hub.channel)
+    inbox = hub.expect(job_id)
+    job = store.get(job_id)
+    assert job is not None
+    store.transition(job, events=[("delta", '{"a":1}')])
+    assert inbox.get(timeout=2).data == b'{"a":1}'
+    hub.unsubscribe(job_id, inbox)
+    assert not [r for r in caplog.records if r.name == "push_response"]
