@@ -15,8 +15,12 @@ POOL_CONNECTIONS = 128
 POOL_WAIT_SECONDS = 5.0
 #: TCP keepalive (idle seconds, probe interval, probes): a connection to a Redis
 #: that vanished without closing it fails within about a minute, even one that
-#: only waits for pub/sub messages.
-KEEPALIVE = {socket.TCP_KEEPIDLE: 30, socket.TCP_KEEPINTVL: 10, socket.TCP_KEEPCNT: 3}
+#: only waits for pub/sub messages. Options the OS lacks keep its defaults.
+KEEPALIVE = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
 
 
 def connect(url: str, timeout_seconds: float) -> redis.Redis:

@@ -20,6 +20,19 @@ def _create(store: JobStore, notify: str | None = None) -> str:
     return str(fields["id"])
 
 
+def _relayed(store: JobStore, hub: Hub, delta: bytes) -> bytes:
+    """A delta of a new job following ``hub``, as its inbox got it."""
+    job_id = _create(store, hub.channel)
+    inbox = hub.expect(job_id)
+    job = store.get(job_id)
+    assert job is not None
+    store.transition(job, events=[("delta", delta.decode())])
+    event = inbox.get(timeout=2)
+    hub.unsubscribe(job_id, inbox)
+    assert event.type == "delta"
+    return event.data
+
+
 def test_a_job_created_with_notify_reaches_its_submitters_inbox(
     redis_server: RedisServer,
 ) -> None:
@@ -78,13 +91,7 @@ def test_the_hub_listens_again_after_redis_restarts(own_redis: RedisServer) -> N
         10,
         "the hub's subscription after the restart",
     )
-    job_id = _create(store, hub.channel)
-    inbox = hub.expect(job_id)
-    job = store.get(job_id)
-    assert job is not None
-    store.transition(job, events=[("delta", "{}")])
-    assert inbox.get(timeout=2).type == "delta"
-    hub.unsubscribe(job_id, inbox)
+    assert _relayed(store, hub, b'{"a":1}') == b'{"a":1}'
 
 
 def test_the_hub_does_not_format_each_message_for_a_debug_log(
@@ -94,11 +101,5 @@ def test_the_hub_does_not_format_each_message_for_a_debug_log(
     caplog.set_level(logging.DEBUG, logger="push_response")
     client = redis.Redis.from_url(redis_server.url)
     store, hub = JobStore(client, 60), Hub(client)
-    job_id = _create(store, hub.channel)
-    inbox = hub.expect(job_id)
-    job = store.get(job_id)
-    assert job is not None
-    store.transition(job, events=[("delta", '{"a":1}')])
-    assert inbox.get(timeout=2).data == b'{"a":1}'
-    hub.unsubscribe(job_id, inbox)
+    assert _relayed(store, hub, b'{"a":1}') == b'{"a":1}'
     assert not [r for r in caplog.records if r.name == "push_response"]
