@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 
 # `make lint`: ruff and mypy strict, as STYLE.md asks.
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench ab clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ lint: install
 # `make bench`: every API.md section 12 scenario, direct and through llmq (~3 min).
 bench: install
 	$(VENV)/bin/python -m bench.run
+
+# `make ab AB_ARGS='--base main --scenario capacity'`: the working tree against a
+# revision on one scenario, alternating builds (bench/ab.py).
+ab: install
+	$(VENV)/bin/python -m bench.ab $(AB_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -33,6 +33,9 @@ from bench.procstats import cpu_seconds, rss_mb, tree
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "bench-admin-key"
+#: Worker processes started from the Procfile's worker line (one per core), and
+#: each one's concurrency (the scale scenario holds 1,000 streams).
+WORKERS, WORKER_CONCURRENCY = 2, 1200
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,13 @@ class Result:
 class System:
     """Redis, the fake upstream and llmq (web + worker from the Procfile)."""
 
-    def __init__(self, workdir: Path, worker_concurrency: int, workers: int) -> None:
+    def __init__(
+        self, workdir: Path, worker_concurrency: int, workers: int, root: Path = ROOT
+    ) -> None:
         self.workdir = workdir
         self.workers = workers
+        #: The checkout whose Procfile and code llmq runs (``bench.ab``'s base).
+        self.root = root
         self.redis_port, self.upstream_port, self.web_port = _free_ports(3)
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -178,11 +185,11 @@ class System:
         )
         return path
 
-    def _spawn(self, name: str, command: str) -> None:
+    def _spawn(self, name: str, command: str, cwd: Path = ROOT) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             ["sh", "-c", f"exec {command}"],
-            cwd=ROOT,
+            cwd=cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -201,12 +208,12 @@ class System:
         )
         procfile = dict(
             line.split(":", 1)
-            for line in (ROOT / "Procfile").read_text().splitlines()
+            for line in (self.root / "Procfile").read_text().splitlines()
             if line
         )
-        self._spawn("web", procfile["web"].strip())
+        self._spawn("web", procfile["web"].strip(), self.root)
         for number in range(self.workers):
-            self._spawn(f"worker{number}", procfile["worker"].strip())
+            self._spawn(f"worker{number}", procfile["worker"].strip(), self.root)
         client = redis.Redis.from_url(self.redis_url)
         _wait(client.ping, "redis")
         _wait(
@@ -464,13 +471,13 @@ def machine() -> str:
 @click.option("--only", multiple=True, help="Run only these scenarios.")
 @click.option(
     "--worker-concurrency",
-    default=1200,
+    default=WORKER_CONCURRENCY,
     show_default=True,
     help="LLMQ_WORKER_CONCURRENCY for the worker (the scale scenario needs 1000).",
 )
 @click.option(
     "--workers",
-    default=2,
+    default=WORKERS,
     show_default=True,
     help="Worker processes started from the Procfile's worker line (one per core).",
 )
