@@ -1,12 +1,13 @@
 """Zero-timeout socket readiness checks on the OS's ``poll``, not gevent's.
 
-redis-py checks a pooled connection for stray data before every command, and
-urllib3 a pooled connection for a dropped peer before every request, each with a
-zero-timeout poll. Under gevent's monkey-patching that is the cooperative
-``poll``, which builds watchers and a timer even for a zero timeout (10 µs
-against 0.5 µs): 5 % of a busy web process's CPU and 4 % of a worker's. A
-zero-timeout poll cannot block, so it needs no cooperation; waits with a timeout
-still go through the cooperative originals.
+redis-py checks a pooled connection for stray data before every command, and the
+upstream client an idle connection for a closed peer before every request
+(``common.providers.openai_compat``), each with a zero-timeout poll. Under
+gevent's monkey-patching that is the cooperative ``poll``, which builds watchers
+and a timer even for a zero timeout (10 µs against 0.5 µs): 5 % of a busy web
+process's CPU and 4 % of a worker's. A zero-timeout poll cannot block, so it
+needs no cooperation; waits with a timeout still go through the cooperative
+originals.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import urllib3.connection
 from gevent.monkey import get_original
 from redis._parsers import hiredis as hiredis_parser
 
@@ -48,15 +48,11 @@ def zero_timeout_natively(cooperative: _Check) -> _Check:
 
 
 def install() -> None:
-    """Answer redis-py's and urllib3's zero-timeout checks natively (idempotent).
+    """Answer redis-py's zero-timeout checks natively (idempotent).
 
-    Each library's function is replaced only where it is found, so an upgrade that
-    renames one leaves it as it was (tests/test_readiness.py notices).
+    Its function is replaced only where it is found, so an upgrade that renames it
+    leaves it as it was (tests/test_readiness.py notices).
     """
-    for module, name in (
-        (hiredis_parser, "_socket_can_read"),  # redis-py 8
-        (urllib3.connection, "wait_for_read"),  # urllib3 2
-    ):
-        current = getattr(module, name, None)
-        if current is not None and not hasattr(current, "__wrapped__"):
-            setattr(module, name, zero_timeout_natively(current))
+    current = getattr(hiredis_parser, "_socket_can_read", None)  # redis-py 8
+    if current is not None and not hasattr(current, "__wrapped__"):
+        hiredis_parser._socket_can_read = zero_timeout_natively(current)  # type: ignore[assignment]

@@ -89,6 +89,7 @@ class Handler(BaseHTTPRequestHandler):
                 _bodies[tag] = {
                     **body,
                     "_authorization": self.headers.get("Authorization"),
+                    "_client_port": self.client_address[1],
                 }
                 stats = _stats.setdefault(
                     tag, {"requests": 0, "times": [], "inflight": 0, "max_inflight": 0}

@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 import pytest
 import requests
-from urllib3.exceptions import ProtocolError
 
 from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig, SimulatedSpeed, Timeouts
@@ -24,7 +24,7 @@ from common.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from common.providers.openai_compat import OpenAICompatProvider, _dechunked
+from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.simulated import SimulatedProvider
 from common.tokens import estimate_prompt_tokens
 from tests.conftest import free_port, wait_until
@@ -493,9 +493,10 @@ def test_unreachable_base_url_is_unavailable() -> None:
 # --- OpenAICompatProvider: cancellation -----------------------------------------------
 
 
-def test_cancel_from_another_thread_stops_a_blocked_stream_within_a_second(
+def test_cancel_from_another_greenlet_stops_a_blocked_stream_within_a_second(
     provider: OpenAICompatProvider, upstream: str
 ) -> None:
+    """As the worker's cancel listener does (a greenlet, under monkey-patching)."""
     tag = new_tag()
     token = CancelToken()
     cancelled_at: list[float] = []
@@ -508,16 +509,18 @@ def test_cancel_from_another_thread_stops_a_blocked_stream_within_a_second(
         MODEL, chat(tokens=200, delay=0.05, tag=tag), token
     )
     received = 0
-    timer: threading.Timer | None = None
+    canceller: gevent.Greenlet | None = None
     for _chunk in stream:  # no exception may escape
         received += 1
         if received == 3:
-            timer = threading.Timer(0.01, cancel)  # fires while the next read blocks
-            timer.start()
+            canceller = gevent.spawn_later(0.01, cancel)  # while the next read blocks
     ended_at = time.monotonic()
 
-    assert timer is not None
-    timer.join()
+    assert canceller is not None
+    canceller.join()
+    # gevent closes a socket a read waits on at its hub's next turn, which a
+    # worker always takes; this test's process only when it yields.
+    gevent.sleep(0.1)
     assert cancelled_at, "the generator ended before cancel() ran"
     assert ended_at - cancelled_at[0] < 1.0
     assert received < 30
@@ -655,50 +658,69 @@ def test_simulated_cancel_from_another_thread_wakes_the_wait() -> None:
     assert time.monotonic() - started < 1.0
 
 
-# --- the chunked-body reader ----------------------------------------------------------
+# --- reading the body -----------------------------------------------------------------
 
 
-class _Socket:
-    """Stands in for a socket's file: hands out the given pieces, one per read."""
+def _raw_stream_server(body: bytes, piece: int) -> int:
+    """A loopback upstream that answers one request with ``body`` (chunked SSE),
+    sent ``piece`` bytes at a time."""
+    listener = socket.create_server(("127.0.0.1", 0))
 
-    def __init__(self, pieces: list[bytes]) -> None:
-        self.pieces = pieces
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for start in range(0, len(body), piece):
+                conn.sendall(body[start : start + piece])
+                time.sleep(0.001)
 
-    def read1(self, _: int) -> bytes:
-        return self.pieces.pop(0) if self.pieces else b""
-
-
-class _Response:
-    closed = 0
-
-    def _close_conn(self) -> None:
-        self.closed += 1
-
-
-CHUNKED = b"5\r\nhello\r\n3;ext=1\r\n wo\r\n3\r\nrld\r\n0\r\nX-Trailer: 1\r\n\r\n"
-
-
-def test_a_chunked_body_splits_the_same_whatever_the_reads() -> None:
-    splits = [[CHUNKED], [bytes([b]) for b in CHUNKED]]
-    splits += [[CHUNKED[:i], CHUNKED[i:]] for i in range(1, len(CHUNKED))]
-    for pieces in splits:
-        raw = _Response()
-        data = list(_dechunked(raw, _Socket(list(pieces))))  # type: ignore[arg-type]
-        assert b"".join(data) == b"hello world", pieces
-        assert raw.closed == 1, "the response is closed as complete"
-    # One read holding many chunks is one piece: a worker behind catches up at once.
-    assert list(_dechunked(_Response(), _Socket([CHUNKED]))) == [b"hello world"]  # type: ignore[arg-type]
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
 
 
-def test_a_chunked_body_cut_short_or_malformed_is_a_protocol_error() -> None:
-    for body in (CHUNKED[:20], b"zz\r\nhello\r\n", CHUNKED[:-2]):
-        with pytest.raises(ProtocolError):
-            list(_dechunked(_Response(), _Socket([body])))  # type: ignore[arg-type]
+def _chunked(*events: dict[str, Any]) -> bytes:
+    """SSE events as a chunked body: one with an extension, then a trailer."""
+    lines = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [
+        b"data: [DONE]\n\n"
+    ]
+    chunks = [b"%x;ext=1\r\n%b\r\n" % (len(lines[0]), lines[0])]
+    chunks += [b"%x\r\n%b\r\n" % (len(line), line) for line in lines[1:]]
+    return b"".join(chunks) + b"0\r\nX-Trailer: 1\r\n\r\n"
+
+
+def test_a_chunked_body_gives_the_same_chunks_however_it_is_split() -> None:
+    body = _chunked(
+        {"choices": [{"index": 0, "delta": {"content": "hello "}}]},
+        {"choices": [{"index": 0, "delta": {"content": "world"}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    )
+    for piece in (1, 7, len(body)):
+        port = _raw_stream_server(body, piece)
+        chunks = collect(openai_provider(f"http://127.0.0.1:{port}/v1"), chat())
+        assert contents(chunks) == ["hello ", "world"], piece
+        assert finish_reasons(chunks) == ["stop"], piece
+
+
+def test_a_chunked_body_cut_short_or_malformed_is_unavailable() -> None:
+    whole = _chunked({"choices": [{"index": 0, "delta": {"content": "a"}}]})
+    for body in (whole[:20], b"zz\r\nhello\r\n"):
+        port = _raw_stream_server(body, len(body))
+        with pytest.raises(ProviderUnavailableError):
+            collect(openai_provider(f"http://127.0.0.1:{port}/v1"), chat())
 
 
 def test_streams_read_to_their_end_reuse_one_connection(
-    provider: OpenAICompatProvider,
+    provider: OpenAICompatProvider, upstream: str
 ) -> None:
-    for _ in range(3):
-        assert contents(collect(provider, chat(tokens=5))) == FIVE_TOKENS
-    assert provider.pool is not None and provider.pool.num_connections == 1
+    tags = [new_tag() for _ in range(3)]
+    for tag in tags:
+        assert contents(collect(provider, chat(tokens=5, tag=tag))) == FIVE_TOKENS
+    ports = {seen_request(upstream, tag)["_client_port"] for tag in tags}
+    assert len(ports) == 1, "each call after the first reused the connection"

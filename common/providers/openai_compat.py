@@ -1,31 +1,30 @@
 """The ``openai`` kind: any OpenAI-compatible ``/chat/completions`` over HTTP.
 
-Calls go through one urllib3 connection pool per provider (requests' session
-layer cost a fifth of a worker's CPU per call: environment, cookies, hooks,
-adapters), keep-alive connections reused. This module is the one place that
-catches HTTP client errors; each becomes the matching ``ProviderError`` (with
-``from exc``). Keys never enter messages.
+Calls go through geventhttpclient, keep-alive connections reused: its C parser
+and gevent-native sockets take about a third of the CPU per call that urllib3 and
+http.client did (bench/RESULTS.md), and a request's head and body leave in one
+write. This module is the one place that catches HTTP client errors;
+each becomes the matching ``ProviderError`` (with ``from exc``). Keys never enter
+messages.
 """
 
 from __future__ import annotations
 
-import http.client
-import io
-import socket
 import time
 from collections.abc import Generator, Iterator
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
-import urllib3
-from requests.utils import get_environ_proxies
-from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import (
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    TimeoutError,
+import gevent.socket
+import gevent.ssl
+from geventhttpclient import HTTPClient
+from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
+from geventhttpclient.response import (
+    HTTPConnectionClosed,
+    HTTPParseError,
+    HTTPSocketPoolResponse,
 )
+from requests.utils import get_environ_proxies
 
 from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig, Timeouts
@@ -39,24 +38,25 @@ from common.errors import (
 )
 from common.jsoncodec import dumps_bytes, loads
 from common.providers.sse import iter_sse
+from common.readiness import readable_now
 
-#: Connections kept open to one provider host: one per concurrent stream.
-POOL_MAXSIZE = 1000
+#: Connections one process may have open to one provider at once (callers beyond
+#: it wait for one); the worker's concurrency bounds it long before.
+POOL_SIZE = 10_000
 #: Most bytes taken from an upstream socket by one read.
 READ_BYTES = 65536
 #: How much of an upstream error body is quoted in our error message.
 ERROR_QUOTE_CHARS = 300
 
 
-def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
+def _retry_after(resp: HTTPSocketPoolResponse) -> float | None:
     try:
-        return float(resp.headers.get("Retry-After", ""))
+        return float(str(resp.get("Retry-After", "")))
     except ValueError:
         return None
 
 
-def _error_text(resp: urllib3.BaseHTTPResponse) -> str:
-    raw = resp.data
+def _error_text(raw: bytes) -> str:
     try:
         body = loads(raw)
         error = body.get("error") if isinstance(body, dict) else None
@@ -66,107 +66,85 @@ def _error_text(resp: urllib3.BaseHTTPResponse) -> str:
         return raw.decode("utf-8", "replace")[:ERROR_QUOTE_CHARS]
 
 
-def _set_read_timeout(resp: urllib3.HTTPResponse, seconds: float) -> None:
-    sock = getattr(resp.connection, "sock", None)
-    if sock is not None:
-        sock.settimeout(seconds)
+class _Pool(ConnectionPool):
+    """geventhttpclient's pool, with a connection handed out under the client's
+    read timeout (a reused one would keep its last stream's idle timeout), and its
+    check that an idle connection is still open on the OS's ``poll``
+    (``common.readiness``)."""
+
+    def get_socket(self) -> gevent.socket.socket:
+        sock = super().get_socket()
+        sock.settimeout(self.network_timeout)
+        return sock
+
+    def _is_socket_alive(self, sock: gevent.socket.socket | None) -> bool:
+        return sock is not None and sock.fileno() >= 0 and not readable_now(sock)
 
 
-def _arrivals(resp: urllib3.HTTPResponse) -> Iterator[bytes]:
-    """The body in the pieces it arrives in.
-
-    A chunked body (the usual SSE answer) is de-chunked here, as it arrives, by
-    ``_dechunked``. Anything else goes through ``read1``: one read, one HTTP chunk
-    at most (``stream()`` would read a body without chunked encoding, ended by
-    closing the connection, to its end before yielding anything).
-    """
-    raw: http.client.HTTPResponse | None = getattr(resp, "_fp", None)
-    decode = bool(resp.headers.get("Content-Encoding"))
-    if raw is not None and raw.fp is not None and not decode:
-        if raw.chunked and raw.chunk_left is None:  # nothing of it read yet
-            yield from _dechunked(raw, cast(io.BufferedIOBase, raw.fp))
-            return
-    while data := resp.read1(READ_BYTES, decode_content=decode):
-        yield data
+class _SSLPool(_Pool, SSLConnectionPool):
+    """``_Pool`` for HTTPS providers."""
 
 
-def _dechunked(raw: http.client.HTTPResponse, fp: io.BufferedIOBase) -> Iterator[bytes]:
-    """A chunked body's data, one piece per read of the socket.
-
-    http.client hands a chunked body over one HTTP chunk per call, with several
-    reads and calls per chunk; a streaming provider sends one token per chunk.
-    Reading what the socket holds and splitting the chunks here costs one read
-    per arrival whatever it holds, so a worker that falls behind catches up in
-    fewer, larger steps. At the end the response is closed as http.client closes
-    one read to its end, so the connection can serve the next call.
-    """
-    buffer = b""
-    left = 0  # bytes of the current chunk's data not yet taken
-    after_data = False  # the CRLF that ends a chunk's data is due
-    while True:
-        data = fp.read1(READ_BYTES)
-        if not data:
-            raise ProtocolError("the chunked body ended before its last chunk")
-        buffer += data
-        pieces = []
-        while True:
-            if left:
-                piece = buffer[:left]
-                pieces.append(piece)
-                left -= len(piece)
-                buffer = buffer[len(piece) :]
-                if left:
-                    break
-                after_data = True
-            if after_data:
-                if len(buffer) < 2:
-                    break
-                buffer, after_data = buffer[2:], False
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                break
-            try:
-                size = int(buffer[:end].split(b";", 1)[0], 16)
-            except ValueError as exc:
-                raise ProtocolError("a malformed chunk size line") from exc
-            buffer = buffer[end + 2 :]
-            if size == 0:
-                if pieces:
-                    yield b"".join(pieces)
-                _end_of_chunked(raw, fp, buffer)
-                return
-            left = size
-        if pieces:
-            yield b"".join(pieces)
+def _system_trust(**_: Any) -> gevent.ssl.SSLContext:
+    """The OS's certificate authorities, as urllib3 and requests use them
+    (geventhttpclient's default trusts certifi's bundle alone)."""
+    return gevent.ssl.create_default_context()
 
 
-def _end_of_chunked(
-    raw: http.client.HTTPResponse, fp: io.BufferedIOBase, buffer: bytes
-) -> None:
-    """Read the trailer (up to its blank line) and close ``raw`` as complete."""
-    while True:
-        end = buffer.find(b"\r\n")
-        if end == 0:
-            break
-        if end > 0:
-            buffer = buffer[end + 2 :]
-            continue
-        data = fp.read1(READ_BYTES)
-        if not data:
-            raise ProtocolError("the chunked body ended inside its trailer")
-        buffer += data
-    raw._close_conn()  # type: ignore[attr-defined]
-
-
-def _connection_pool(base_url: str) -> HTTPConnectionPool:
-    """A pool to the provider's host, through the environment's proxy if one applies."""
-    proxy = get_environ_proxies(base_url).get(urlsplit(base_url).scheme)
-    manager: urllib3.PoolManager = (
-        urllib3.ProxyManager(proxy, maxsize=POOL_MAXSIZE)
-        if proxy
-        else urllib3.PoolManager(maxsize=POOL_MAXSIZE)
+def _client(base_url: str, timeouts: Timeouts) -> HTTPClient:
+    """A client for the provider's host under ``timeouts`` (connect, first token),
+    through the environment's proxy if one applies."""
+    url = urlsplit(base_url)
+    proxy = get_environ_proxies(base_url).get(url.scheme)
+    via = urlsplit(proxy) if proxy else None
+    client = HTTPClient(
+        url.hostname or "",
+        url.port,
+        ssl=url.scheme == "https",
+        ssl_context_factory=_system_trust,
+        concurrency=POOL_SIZE,
+        connection_timeout=timeouts.connect,
+        network_timeout=timeouts.first_token,
+        block_size=READ_BYTES,
+        proxy_host=via.hostname if via else None,
+        proxy_port=(via.port or 80) if via else None,
+        proxy_user=unquote(via.username) if via and via.username else None,
+        proxy_password=unquote(via.password) if via and via.password else None,
     )
-    return manager.connection_from_url(base_url)
+    pool = client._connection_pool
+    pool.__class__ = _SSLPool if isinstance(pool, SSLConnectionPool) else _Pool
+    return client
+
+
+def _arrivals(resp: HTTPSocketPoolResponse) -> Iterator[bytes]:
+    """The body in the pieces it arrives in: one socket read each.
+
+    The response's parser de-chunks what each read brings; a piece is whatever
+    body that read completed (geventhttpclient's ``read`` would wait for a given
+    length, its ``readline`` for a line). A body that ends when the provider
+    closes the connection ends with it; any other that ends early is a cut.
+    """
+    while True:
+        if resp._body_buffer:
+            piece = bytes(resp._body_buffer)
+            del resp._body_buffer[:]
+            yield piece
+        if resp.message_complete:
+            return
+        sock = resp._sock
+        if sock is None:
+            raise HTTPConnectionClosed("the connection was closed")
+        data = sock.recv(READ_BYTES)
+        resp.feed(data)
+        if not data and not resp.message_complete:
+            raise HTTPConnectionClosed("the body ended early")
+
+
+def _close(resp: HTTPSocketPoolResponse) -> None:
+    """Close the response's connection under a read blocked on it (a cancel)."""
+    sock = resp._sock
+    if sock is not None:
+        sock.close()
 
 
 def _completion_as_chunks(body: Any) -> Iterator[dict[str, Any]]:
@@ -197,14 +175,18 @@ class OpenAICompatProvider:
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
-        base_url = config.base_url or ""
-        self.pool = _connection_pool(base_url) if base_url else None
-        # The pool is the provider's host, so urllib3 need not parse and check a
-        # URL per call: the request line needs only the path, unless a proxy
-        # (which wants the whole URL) is in the way.
-        url = f"{base_url.rstrip('/')}/chat/completions"
-        direct = self.pool is not None and self.pool.proxy is None
-        self.target = urlsplit(url).path if direct else url
+        self.base_url = (config.base_url or "").rstrip("/")
+        self.target = f"{urlsplit(self.base_url).path}/chat/completions"
+        #: A client per (connect, first-token) timeout pair: a client's sockets
+        #: carry its timeouts, and models of one provider may set their own.
+        self.clients: dict[tuple[float, float], HTTPClient] = {}
+
+    def _client_for(self, timeouts: Timeouts) -> HTTPClient:
+        key = (timeouts.connect, timeouts.first_token)
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = _client(self.base_url, timeouts)
+        return client
 
     def stream(
         self, model: ModelConfig, body: dict[str, Any], cancel: CancelToken
@@ -227,72 +209,61 @@ class OpenAICompatProvider:
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         name = self.config.name
-        if self.pool is None:
+        if not self.base_url:
             raise ProviderUnavailableError(f"provider {name} has no base_url")
         try:
-            resp = self.pool.urlopen(
-                "POST",
-                self.target,
-                body=dumps_bytes(payload),
-                headers=headers,
-                preload_content=False,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                timeout=urllib3.Timeout(
-                    connect=timeouts.connect, read=timeouts.first_token
-                ),
+            resp = self._client_for(timeouts).request(
+                "POST", self.target, body=dumps_bytes(payload), headers=headers
             )
-        except NewConnectionError as exc:
-            raise ProviderUnavailableError(f"provider {name} is unreachable") from exc
         except TimeoutError as exc:
             raise ProviderTimeoutError(
                 f"provider {name} did not answer in time"
             ) from exc
-        except (HTTPError, OSError) as exc:
+        except (HTTPParseError, OSError, RuntimeError) as exc:
+            # RuntimeError: a proxy that refused the CONNECT tunnel.
             raise ProviderUnavailableError(f"provider {name} is unreachable") from exc
-        assert isinstance(resp, urllib3.HTTPResponse)
-        cancel.on_cancel(resp.close)
-        reusable = False
+        cancel.on_cancel(lambda: _close(resp))
         try:
-            if resp.status >= 400:
-                error = self._http_error(resp)
-                resp.drain_conn()  # the unread rest of the body would poison reuse
-                reusable = True
-                raise error
-            if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+            if resp.status_code >= 400:
+                raise self._http_error(resp)
+            if "text/event-stream" not in str(resp.get("Content-Type", "")):
                 try:
-                    reply = loads(resp.data)
+                    reply = loads(resp.read())
                 except ValueError as exc:
                     raise ProviderBadResponseError(
                         f"provider {name} answered malformed JSON"
                     ) from exc
-                reusable = True
                 yield from _completion_as_chunks(reply)
                 return
-            reusable = yield from self._read_stream(resp, cancel, timeouts)
+            yield from self._read_stream(resp, cancel, timeouts)
+        except (HTTPParseError, OSError) as exc:  # reading an error or a JSON body
+            if cancel.is_set():
+                return
+            if isinstance(exc, TimeoutError):
+                raise ProviderTimeoutError(f"provider {name} went silent") from exc
+            raise ProviderUnavailableError(f"provider {name} cut the answer") from exc
         finally:
-            # A connection read to the end of its body goes back to the pool for
-            # the next call; any other is closed.
-            if reusable and not cancel.is_set():
-                resp.release_conn()
-            else:
-                resp.close()
+            # A body read to its end has already given its connection back to
+            # the pool for the next call; any other connection is closed.
+            resp.release()
 
     def _read_stream(
-        self, resp: urllib3.HTTPResponse, cancel: CancelToken, timeouts: Timeouts
-    ) -> Generator[dict[str, Any], None, bool]:
-        """Yield the stream's chunks; return whether its body was read to the end."""
+        self,
+        resp: HTTPSocketPoolResponse,
+        cancel: CancelToken,
+        timeouts: Timeouts,
+    ) -> Generator[dict[str, Any], None, None]:
+        """Yield the stream's chunks, reading its body to the end."""
         name = self.config.name
         deadline = time.monotonic() + timeouts.total
         finished = done = False
         waiting_for_first = True
         try:
             for event in iter_sse(_arrivals(resp)):
-                if waiting_for_first:
+                if waiting_for_first and resp._sock is not None:
                     # The read timeout so far was the first-token one; from now on
                     # a silence longer than ``idle`` is the provider stalling.
-                    _set_read_timeout(resp, timeouts.idle)
+                    resp._sock.settimeout(timeouts.idle)
                     waiting_for_first = False
                 data = event.data.strip()
                 if done or not data:
@@ -310,25 +281,14 @@ class OpenAICompatProvider:
                     raise ProviderTimeoutError(
                         f"provider {name} exceeded the total timeout"
                     )
-        except (HTTPError, OSError) as exc:
+        except (HTTPParseError, OSError) as exc:
             if cancel.is_set() or done:
-                return False  # cancelled, or the reply was complete before the error
-            # urllib3's timeout, or the socket's (read by ``_dechunked``).
-            timeouts_seen = (TimeoutError, socket.timeout)
-            if isinstance(exc, timeouts_seen) or isinstance(
-                getattr(exc, "__context__", None), timeouts_seen
-            ):
+                return  # cancelled, or the reply was complete before the error
+            if isinstance(exc, TimeoutError):
                 raise ProviderTimeoutError(f"provider {name} went silent") from exc
             raise ProviderUnavailableError(f"provider {name} cut the stream") from exc
-        except (AttributeError, ValueError):
-            # Closing the response from the cancel listener can surface as a read
-            # on a released connection; only then is it expected.
-            if cancel.is_set():
-                return False
-            raise
         if not finished and not cancel.is_set():
             raise ProviderUnavailableError(f"provider {name} ended the stream early")
-        return done
 
     def _parse_chunk(self, data: str) -> dict[str, Any]:
         try:
@@ -349,13 +309,15 @@ class OpenAICompatProvider:
             )
         return chunk
 
-    def _http_error(self, resp: urllib3.BaseHTTPResponse) -> ProviderError:
-        name, status = self.config.name, resp.status
+    def _http_error(self, resp: HTTPSocketPoolResponse) -> ProviderError:
+        """The error a status of 400 or more stands for (its body read to the end)."""
+        name, status = self.config.name, resp.status_code
+        raw = resp.read()
         if status in (401, 403):
             return ProviderRejectedError(
                 f"provider {name} refused our credentials ({status})"
             )
-        text = _error_text(resp)
+        text = _error_text(raw)
         if status == 429:
             return ProviderRateLimitedError(
                 f"provider {name} is rate limiting: {text}",
