@@ -90,6 +90,7 @@ class Handler(BaseHTTPRequestHandler):
                     **body,
                     "_authorization": self.headers.get("Authorization"),
                     "_client_port": self.client_address[1],
+                    "_accept_encoding": self.headers.get("Accept-Encoding"),
                 }
                 stats = _stats.setdefault(
                     tag, {"requests": 0, "times": [], "inflight": 0, "max_inflight": 0}

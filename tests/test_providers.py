@@ -150,6 +150,7 @@ def test_normal_stream_yields_tokens_in_order_then_stop_then_usage_only_chunk(
 def test_request_names_upstream_model_asks_for_stream_with_usage_and_sends_bearer_key(
     provider: OpenAICompatProvider, upstream: str
 ) -> None:
+    """And asks for the body as it is: nothing here decompresses one."""
     tag = new_tag()
     body = chat(tag=tag)
     body["stream_options"] = {"extra": 1}
@@ -161,6 +162,7 @@ def test_request_names_upstream_model_asks_for_stream_with_usage_and_sends_beare
     assert seen["stream_options"] == {"extra": 1, "include_usage": True}
     assert seen["messages"] == MESSAGES
     assert seen["_authorization"] == f"Bearer {API_KEY}"
+    assert seen["_accept_encoding"] == "identity"
 
 
 def test_request_does_not_mutate_the_callers_body(

@@ -204,6 +204,8 @@ class OpenAICompatProvider:
         }
         headers = {
             "Accept": "text/event-stream",
+            # Without it a provider may compress, and nothing here would undo it.
+            "Accept-Encoding": "identity",
             "Content-Type": "application/json",
         }
         if self.config.api_key:
