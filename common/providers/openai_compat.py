@@ -111,6 +111,7 @@ def _client(base_url: str, timeouts: Timeouts) -> HTTPClient:
         proxy_user=unquote(via.username) if via and via.username else None,
         proxy_password=unquote(via.password) if via and via.password else None,
     )
+    # HTTPClient builds its pool itself; ours only adds behaviour to its class.
     pool = client._connection_pool
     pool.__class__ = _SSLPool if isinstance(pool, SSLConnectionPool) else _Pool
     return client
