@@ -97,6 +97,17 @@ def test_a_stop_does_not_wait_for_an_idle_keep_alive_client(
         stop_process(web)
 
 
+class _AccessLog:
+    """Stands in for gunicorn's logger: counts the access records it is given."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.access_log_enabled = enabled
+        self.records = 0
+
+    def access(self, *_: Any) -> None:
+        self.records += 1
+
+
 class _Recording(KeepAliveHandler):
     """The web's handler, noting what each of pywsgi's sends carries."""
 
@@ -105,9 +116,6 @@ class _Recording(KeepAliveHandler):
     def _sendall(self, data: bytes) -> None:
         self.sends.append(bytes(data))
         super()._sendall(data)
-
-    def log_request(self) -> None:
-        """No gunicorn logger here."""
 
 
 def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -118,10 +126,13 @@ def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     return [b"hello"]
 
 
-def _exchange(path: str, ending: bytes) -> tuple[list[bytes], bytes]:
+def _exchange(
+    path: str, ending: bytes, log: _AccessLog | None = None
+) -> tuple[list[bytes], bytes]:
     """The sends the handler made for one request, and what the client read."""
     _Recording.sends = []
-    server = WSGIServer(("127.0.0.1", 0), _app, handler_class=_Recording, log=None)
+    server = WSGIServer(("127.0.0.1", 0), _app, handler_class=_Recording)
+    server.log = log or _AccessLog(enabled=False)
     server.start()
     try:
         client = gevent.socket.create_connection(server.address, timeout=10)
@@ -151,3 +162,10 @@ def test_a_streams_head_leaves_with_its_first_chunk() -> None:
     assert body == b"9\r\ndata: 1\n\n\r\n"  # the first chunk, framed
     assert sends[1:] == [b"9\r\ndata: 2\n\n\r\n", b"0\r\n\r\n"]
     assert b"".join(sends) == received
+
+
+def test_an_access_record_is_built_only_when_an_access_log_keeps_it() -> None:
+    for enabled, records in ((False, 0), (True, 1)):
+        log = _AccessLog(enabled)
+        _exchange("/plain", b"hello", log)
+        assert log.records == records, enabled
