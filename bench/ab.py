@@ -94,7 +94,11 @@ def _summary(build: str, results: list[Result]) -> str:
 @click.option("--smoke", is_flag=True, help="The tiny capacity scenario (for CI).")
 def main(base: str, name: str, rounds: int, repeat: int, smoke: bool) -> None:
     """Compare the working tree with ``--base`` on one scenario, alternating."""
-    scenario = next(s for s in (SMOKE if smoke else SCENARIOS) if s.name == name)
+    scenario = next(
+        (s for s in (SMOKE if smoke else SCENARIOS) if s.name == name), None
+    )
+    if scenario is None:
+        raise click.UsageError(f"no smoke version of {name}")
     runs: dict[str, list[Result]] = {"base": [], "this": []}
     click.echo(_line(_COLUMNS + [f"CPU% {_CPU[0]}", *_CPU[1:]]))
     click.echo(_line(["---"] * (len(_COLUMNS) + len(_CPU))))
