@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -443,12 +446,19 @@ def test_a_stream_without_chunked_encoding_is_relayed_as_it_arrives() -> None:
     assert rest[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def _one_answer_server(request_lines: list[bytes]) -> int:
+def _one_answer_server(
+    request_lines: list[bytes], tls: ssl.SSLContext | None = None
+) -> int:
     """A loopback server that answers one request with a JSON completion."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
         conn, _ = listener.accept()
+        if tls is not None:
+            try:
+                conn = tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return  # the client refused the certificate
         with conn, listener:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -482,6 +492,41 @@ def test_the_request_line_is_the_path_direct_and_the_whole_url_through_a_proxy(
         b"POST /v1/chat/completions HTTP/1.1",
         b"POST http://provider.invalid/v1/chat/completions HTTP/1.1",
     ]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, and its key."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_an_https_provider_is_verified_against_the_systems_trust(
+    monkeypatch: pytest.MonkeyPatch, certificate: tuple[Path, Path]
+) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    stranger = openai_provider(f"https://localhost:{_one_answer_server([], tls)}/v1")
+    with pytest.raises(ProviderUnavailableError) as info:
+        collect(stranger, chat())
+    assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+    # The OS's trust, as OpenSSL reads it (here: SSL_CERT_FILE), is honoured.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    lines: list[bytes] = []
+    trusted = openai_provider(f"https://localhost:{_one_answer_server(lines, tls)}/v1")
+    assert contents(collect(trusted, chat())) == ["a"]
+    assert lines == [b"POST /v1/chat/completions HTTP/1.1"]
 
 
 def test_unreachable_base_url_is_unavailable() -> None:
