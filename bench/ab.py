@@ -25,6 +25,7 @@ from bench.run import (
     Result,
     Scenario,
     System,
+    markdown_row,
 )
 
 _COLUMNS = ["round", "build", "req/s", "tokens/s", "TTFT p50 ms", "p99", "errors"]
@@ -45,12 +46,8 @@ def _measure(
         system.stop()
 
 
-def _line(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
 def _row(round_: int, build: str, result: Result) -> str:
-    return _line(
+    return markdown_row(
         [
             str(round_),
             build,
@@ -100,8 +97,8 @@ def main(base: str, name: str, rounds: int, repeat: int, smoke: bool) -> None:
     if scenario is None:
         raise click.UsageError(f"no smoke version of {name}")
     runs: dict[str, list[Result]] = {"base": [], "this": []}
-    click.echo(_line(_COLUMNS + [f"CPU% {_CPU[0]}", *_CPU[1:]]))
-    click.echo(_line(["---"] * (len(_COLUMNS) + len(_CPU))))
+    click.echo(markdown_row(_COLUMNS + [f"CPU% {_CPU[0]}", *_CPU[1:]]))
+    click.echo(markdown_row(["---"] * (len(_COLUMNS) + len(_CPU))))
     with tempfile.TemporaryDirectory(prefix="llmq-ab-") as tmp:
         tree = Path(tmp) / "base"
         subprocess.run(

@@ -372,10 +372,15 @@ HEADER = [
 ]
 
 
+def markdown_row(cells: list[str]) -> str:
+    """One line of a Markdown table."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
     rows = [HEADER, ["---"] * len(HEADER)] + [_row(r) for r in results]
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+    return "\n".join(markdown_row(row) for row in rows)
 
 
 def verdicts(results: list[Result]) -> list[str]:
