@@ -38,26 +38,6 @@ local function push_task(list, unacked, index, message, tag, entry, at)
 end
 """
 
-
-def _each(function: str, keys_per_call: int) -> str:
-    """Lua applying ``function(K, A)`` to several calls in turn, in one script.
-
-    KEYS: each call's ``keys_per_call`` keys in turn. ARGV: per call, its argument
-    count and then its arguments (``_flattened``). Returns the list of results.
-    """
-    n = keys_per_call
-    return f"""
-local results, a = {{}}, 1
-for t = 0, #KEYS / {n} - 1 do
-  local count = tonumber(ARGV[a])
-  results[t + 1] = {function}({{unpack(KEYS, t * {n} + 1, t * {n} + {n})}},
-                              {{unpack(ARGV, a + 1, a + count)}})
-  a = a + count + 1
-end
-return results
-"""
-
-
 # KEYS: job, events, queued zset, owner index, idempotency key ("" = none),
 #       task list, the broker's unacked hash and its index ("" = no task),
 #       the API keys' generation counter ("" = no check)
@@ -65,7 +45,9 @@ return results
 #       its delivery tag, its unacked entry, now (seconds), the generation the
 #       caller's key was checked at, field/value pairs
 # Returns 0 (nothing written) if the generation moved, else the idempotency
-# key's earlier value, else false. The script takes several creates (``_each``).
+# key's earlier value, else false. The script takes several creates: KEYS nine
+# per create, ARGV per create its argument count and then its arguments; it
+# returns the list of their results.
 _CREATE = (
     _PUSH_TASK_FUNCTION
     + """
@@ -93,8 +75,15 @@ local function create(KEYS, ARGV)
   end
   return false
 end
+local results, a = {}, 1
+for t = 0, #KEYS / 9 - 1 do
+  local count = tonumber(ARGV[a])
+  results[t + 1] = create({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
+                          {unpack(ARGV, a + 1, a + count)})
+  a = a + count + 1
+end
+return results
 """
-    + _each("create", 9)
 )
 
 # One transition as a Lua function of its keys K and arguments A:
@@ -185,8 +174,23 @@ local function transition(K, A)
 end
 """
 
-# Many transitions (of different jobs) in one call, applied in order (``_each``).
-_TRANSITION_MANY = _TRANSITION_FUNCTION + _each("transition", 6)
+# Many transitions (of different jobs) in one call, applied in order.
+# KEYS: each transition's six keys in turn. ARGV: per transition, its argument
+# count and then its arguments. Returns the list of their results.
+_TRANSITION_MANY = (
+    _TRANSITION_FUNCTION
+    + """
+local results, a = {}, 1
+for t = 0, #KEYS / 6 - 1 do
+  local K = {}
+  for j = 1, 6 do K[j] = KEYS[t * 6 + j] end
+  local count = tonumber(ARGV[a])
+  results[#results + 1] = transition(K, {unpack(ARGV, a + 1, a + count)})
+  a = a + count + 1
+end
+return results
+"""
+)
 
 # A transition that also pushes the job's task message, as the create script does
 # (see JobStore.create): a job moved back to ``queued`` is never without the task
@@ -207,10 +211,10 @@ return result
 )
 
 # Runs starting jobs: take each one's lease and mark it running (see ``start``).
-# Per start (several in one call, ``_each``): KEYS: job, events, interactive
-#       queued zset, lease, running zset, notify channel, bulk queued zset, the
-#       broker's unacked hash and its index ("" = none). ARGV: job id, run
-#       token, lease ms, now, delivery tag.
+# KEYS, nine per start: job, events, interactive queued zset, lease, running
+#       zset, notify channel, bulk queued zset, the broker's unacked hash and
+#       its index ("" = none). ARGV, five per start: job id, run token, lease
+#       ms, now, delivery tag.
 # Returns, per start, false for no job, else {transition result, the record's
 # HGETALL}. TOTALS (filled in per catalog) maps hex("<provider>\\n<model>") to
 # the model's total timeout, so the deadline is stored with the start.
@@ -246,6 +250,12 @@ local function start(KEYS, ARGV)
   local K = {KEYS[1], KEYS[2], queued, KEYS[4], KEYS[5], KEYS[6]}
   return {transition(K, A), redis.call('HGETALL', KEYS[1])}
 end
+local results = {}
+for t = 0, #KEYS / 9 - 1 do
+  results[t + 1] = start({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
+                         {unpack(ARGV, t * 5 + 1, t * 5 + 5)})
+end
+return results
 """
 
 
@@ -256,7 +266,7 @@ def _start_script(totals: Mapping[tuple[str, str], float]) -> str:
         for (provider, model), seconds in totals.items()
     )
     table = ", ".join(f'["{name}"] = {seconds!r}' for name, seconds in entries)
-    return _TRANSITION_FUNCTION + _START % ("{" + table + "}") + _each("start", 9)
+    return _TRANSITION_FUNCTION + _START % ("{" + table + "}")
 
 
 # KEYS: lease, running zset. ARGV: token, lease ms, job id.
@@ -604,10 +614,11 @@ class JobStore:
 
     def start_many(self, starts: Sequence[Start]) -> list[Started]:
         """Several ``start`` calls in one round trip, applied in order."""
-        steps: list[Step] = []
+        all_keys: list[str] = []
+        all_args: list[Any] = []
         for job_id, token, lease_seconds, unacked in starts:
             hash_key, index_key, tag = unacked or ("", "", "")
-            step_keys = [
+            all_keys += [
                 keys.job_key(job_id),
                 keys.events_key(job_id),
                 keys.queued_key("interactive"),
@@ -618,10 +629,7 @@ class JobStore:
                 hash_key,
                 index_key,
             ]
-            steps.append(
-                (step_keys, [job_id, token, int(lease_seconds * 1000), now(), tag])
-            )
-        all_keys, all_args = _flattened(steps)
+            all_args += [job_id, token, int(lease_seconds * 1000), now(), tag]
         return [_started(reply) for reply in self._start(keys=all_keys, args=all_args)]
 
     def append_many(self, appends: Sequence[Append]) -> list[Transition]:
