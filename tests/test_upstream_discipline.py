@@ -218,7 +218,10 @@ def test_a_600_rpm_provider_limit_holds_across_three_workers(
     rate = (count - 1) / (times[-1] - times[0]) * 60
     assert 570 <= rate <= 630, f"{rate:.0f} requests per minute"
     busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
-    assert busiest <= 11, "no bursts: at most 10 a second (+1 for jitter)"
+    # The limiter grants 10 a second; the upstream sees each call a scheduling
+    # delay later, and on a loaded 2-core machine those delays differ by up to
+    # ~200 ms, so a second of arrivals can hold two grants more.
+    assert busiest <= 12, "no bursts: at most 10 a second (+2 for jitter)"
     assert any(s.get("waiting") == "rate_limit" for s in statuses(stack, auth, ids[-1]))
 
 
