@@ -65,11 +65,24 @@ def _as_received(response: Any) -> Any:
 
 def _parse_message(payload: bytes) -> list[Event]:
     """The events of one published message: a ``<id> <type> <data>`` line each."""
-    events = []
-    for line in payload.split(b"\n"):
-        number, kind, data = line.split(b" ", 2)
-        events.append(Event(int(number), kind.decode(), data))
-    return events
+    return [_event_line(line) for line in payload.split(b"\n")]
+
+
+def _event_line(line: bytes) -> Event:
+    number, kind, data = line.split(b" ", 2)
+    return Event(int(number), kind.decode(), data)
+
+
+def _parse_notice(payload: bytes) -> Iterator[tuple[bytes, list[Event]]]:
+    """Each job's events in one message on a process channel: a
+    ``<job id> <count>`` line, then that many event lines, per job."""
+    lines = payload.split(b"\n")
+    at = 0
+    while at < len(lines):
+        job_id, _, count = lines[at].partition(b" ")
+        end = at + 1 + int(count)
+        yield job_id, [_event_line(line) for line in lines[at + 1 : end]]
+        at = end
 
 
 class _Channel:
@@ -183,15 +196,17 @@ class Hub:
             channel.ready.set()
         elif message["type"] == "message":
             data = cast(bytes, message["data"])
-            if channel is self._own:
-                job_id, _, data = data.partition(b"\n")
-                inboxes = list(self._expected.get(job_id, ()))
-            else:
-                inboxes = list(channel.queues)
-            events = _parse_message(data)
-            for inbox in inboxes:
-                for event in events:
-                    inbox.put(event)
+            if channel is not self._own:
+                _deliver(list(channel.queues), _parse_message(data))
+                return
+            for job_id, events in _parse_notice(data):
+                _deliver(list(self._expected.get(job_id, ())), events)
+
+
+def _deliver(inboxes: list[queue.SimpleQueue[Event]], events: list[Event]) -> None:
+    for inbox in inboxes:
+        for event in events:
+            inbox.put(event)
 
 
 class EventLog:

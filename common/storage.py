@@ -97,9 +97,30 @@ return results
 # Returns {applied 0/1, status, last event id, cancel flag, lease lost 0/1}.
 # The appended events are published on the job's channel as one message, one
 # "<id> <type> <data>" line per event (compact JSON holds no newline), and, if
-# the record names one (field ``notify``), on its submitter's process channel,
-# after a "<job id>" line.
+# the record names one (field ``notify``), on its submitter's process channel:
+# there one message per script call carries all of its jobs' events (see
+# ``notice``), so a web process relaying many streams reads one message per
+# delta write, not one per job.
 _TRANSITION_FUNCTION = """
+local notices, noticed = {}, {}
+-- A job's events for its submitter's process channel, published by
+-- flush_notices at the end of the script: one message per channel for all
+-- the script's jobs, a "<job id> <count>" line before each job's event lines.
+local function notice(channel, job, count, message)
+  local box = notices[channel]
+  if not box then
+    box = {}
+    notices[channel] = box
+    noticed[#noticed + 1] = channel
+  end
+  box[#box + 1] = job .. ' ' .. count .. '\\n' .. message
+end
+local function flush_notices()
+  for _, channel in ipairs(noticed) do
+    redis.call('PUBLISH', channel, table.concat(notices[channel], '\\n'))
+  end
+  notices, noticed = {}, {}
+end
 local function transition(K, A)
   local status = redis.call('HGET', K[1], 'status')
   if not status then return {0, '', 0, '', 0} end
@@ -157,7 +178,7 @@ local function transition(K, A)
     local message = table.concat(lines, '\\n')
     redis.call('PUBLISH', K[6], message)
     local submitter = redis.call('HGET', K[1], 'notify')
-    if submitter then redis.call('PUBLISH', submitter, A[3] .. '\\n' .. message) end
+    if submitter then notice(submitter, A[3], nevents, message) end
   end
   status = redis.call('HGET', K[1], 'status')
   if status == 'queued' then
@@ -188,6 +209,7 @@ for t = 0, #KEYS / 6 - 1 do
   results[#results + 1] = transition(K, {unpack(ARGV, a + 1, a + count)})
   a = a + count + 1
 end
+flush_notices()
 return results
 """
 )
@@ -206,6 +228,7 @@ local result = transition({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
 if result[1] == 1 then
   push_task(KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
+flush_notices()
 return result
 """
 )
@@ -255,6 +278,7 @@ for t = 0, #KEYS / 9 - 1 do
   results[t + 1] = start({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
                          {unpack(ARGV, t * 5 + 1, t * 5 + 5)})
 end
+flush_notices()
 return results
 """
 

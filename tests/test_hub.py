@@ -56,6 +56,46 @@ def test_a_job_created_with_notify_reaches_its_submitters_inbox(
     assert not hub._expected
 
 
+def test_one_write_of_many_jobs_is_one_message_on_the_process_channel(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    store, hub = JobStore(client, 60), Hub(client)
+    ids = [_create(store, hub.channel) for _ in range(4)]
+    inboxes = [hub.expect(job_id) for job_id in ids]
+    jobs = []
+    for job_id in ids:
+        job = store.get(job_id)
+        assert job is not None
+        store.transition(job, lease=("take", "run1"), lease_seconds=10)
+        jobs.append(job)
+    listener = client.pubsub()
+    listener.subscribe(hub.channel)
+    assert listener.get_message(timeout=1)["type"] == "subscribe"  # type: ignore[index]
+    store.append_many(
+        [
+            (jobs[0], "run1", {}, [("delta", '{"a":1}'), ("delta", '{"a":2}')]),
+            (jobs[1], "run1", {}, [("delta", '{"b":1}')]),
+            (jobs[2], "lost", {}, [("delta", '{"c":1}')]),  # refused: not its lease
+            (jobs[3], "run1", {}, [("done", "{}")]),
+        ]
+    )
+    message = listener.get_message(timeout=1)
+    assert message is not None and message["type"] == "message"
+    assert listener.get_message(timeout=0.2) is None, "one message for the write"
+    got = [
+        [(e.type, e.data) for e in (inbox.get(timeout=2) for _ in range(count))]
+        for inbox, count in zip(inboxes, (2, 1, 0, 1), strict=True)
+    ]
+    assert got == [
+        [("delta", b'{"a":1}'), ("delta", b'{"a":2}')],
+        [("delta", b'{"b":1}')],
+        [],
+        [("done", b"{}")],
+    ]
+    assert all(inbox.empty() for inbox in inboxes)
+
+
 def test_a_job_without_notify_publishes_only_on_its_own_channel(
     redis_server: RedisServer,
 ) -> None:
