@@ -86,26 +86,14 @@ return results
 """
 )
 
-# One transition as a Lua function of its keys K and arguments A:
-# K: job, events, queued zset, lease, running zset, notify channel
-# A: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
-#    ("" | take | hold | drop | orphan), run token, lease ms, field count,
-#    pairs..., event count, (type, data) pairs...
-# Lease ops: take = own the lease unless another run holds it; hold = apply only
-# while owning it; drop = like hold, then release it; orphan = apply only while
-# nobody holds it (its worker died), and forget it was running.
-# Returns {applied 0/1, status, last event id, cancel flag, lease lost 0/1}.
-# The appended events are published on the job's channel as one message, one
-# "<id> <type> <data>" line per event (compact JSON holds no newline), and, if
-# the record names one (field ``notify``), on its submitter's process channel:
-# there one message per script call carries all of its jobs' events (see
-# ``notice``), so a web process relaying many streams reads one message per
-# delta write, not one per job.
-_TRANSITION_FUNCTION = """
+# Appending a job's events (``add_events``). What is for its submitter's process
+# channel is gathered by ``notice`` and published by ``flush_notices`` at the end
+# of the script: one message per channel for all of the script's jobs, a
+# "<job id> <count>" line before each job's event lines, so a web process
+# relaying many streams reads one message per delta write, not one per job.
+# Every script that appends events flushes.
+_EVENT_FUNCTIONS = """
 local notices, noticed = {}, {}
--- A job's events for its submitter's process channel, published by
--- flush_notices at the end of the script: one message per channel for all
--- the script's jobs, a "<job id> <count>" line before each job's event lines.
 local function notice(channel, job, count, message)
   local box = notices[channel]
   if not box then
@@ -121,6 +109,45 @@ local function flush_notices()
   end
   notices, noticed = {}, {}
 end
+-- Adds the events in A from A[i] (their count, then type/data pairs) to the
+-- stream, publishes them on the job's channel and notices its submitter
+-- (false: none). Returns the id of the last event.
+local function add_events(stream, channel, submitter, job_id, A, i)
+  local nevents = tonumber(A[i])
+  i = i + 1
+  local n = redis.call('XLEN', stream)
+  local lines = {}
+  for j = 1, nevents do
+    n = n + 1
+    redis.call('XADD', stream, '0-' .. n, 'e', A[i], 'd', A[i + 1])
+    lines[j] = n .. ' ' .. A[i] .. ' ' .. A[i + 1]
+    i = i + 2
+  end
+  if nevents > 0 then
+    local message = table.concat(lines, '\\n')
+    redis.call('PUBLISH', channel, message)
+    if submitter then notice(submitter, job_id, nevents, message) end
+  end
+  return n
+end
+"""
+
+# One transition as a Lua function of its keys K and arguments A:
+# K: job, events, queued zset, lease, running zset, notify channel
+# A: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
+#    ("" | take | hold | drop | orphan), run token, lease ms, field count,
+#    pairs..., event count, (type, data) pairs...
+# Lease ops: take = own the lease unless another run holds it; hold = apply only
+# while owning it; drop = like hold, then release it; orphan = apply only while
+# nobody holds it (its worker died), and forget it was running.
+# Returns {applied 0/1, status, last event id, cancel flag, lease lost 0/1}.
+# The appended events are published on the job's channel as one message, one
+# "<id> <type> <data>" line per event (compact JSON holds no newline), and, if
+# the record names one (field ``notify``), on its submitter's process channel
+# (see ``_EVENT_FUNCTIONS``).
+_TRANSITION_FUNCTION = (
+    _EVENT_FUNCTIONS
+    + """
 local function transition(K, A)
   local status = redis.call('HGET', K[1], 'status')
   if not status then return {0, '', 0, '', 0} end
@@ -157,29 +184,13 @@ local function transition(K, A)
   local i = 8
   local nfields = tonumber(A[7])
   if nfields > 0 then
-    local pairs = {}
-    for j = 0, nfields * 2 - 1 do pairs[#pairs + 1] = A[i + j] end
-    redis.call('HSET', K[1], unpack(pairs))
+    redis.call('HSET', K[1], unpack(A, i, i + nfields * 2 - 1))
     i = i + nfields * 2
-  end
-  local nevents = tonumber(A[i])
-  i = i + 1
-  local n = redis.call('XLEN', K[2])
-  local lines = {}
-  for j = 1, nevents do
-    n = n + 1
-    redis.call('XADD', K[2], '0-' .. n, 'e', A[i], 'd', A[i + 1])
-    lines[j] = n .. ' ' .. A[i] .. ' ' .. A[i + 1]
-    i = i + 2
   end
   -- Followers are woken through pub/sub; the stream stays the record. The web
   -- process that submitted the job to follow it hears it on its own channel.
-  if nevents > 0 then
-    local message = table.concat(lines, '\\n')
-    redis.call('PUBLISH', K[6], message)
-    local submitter = redis.call('HGET', K[1], 'notify')
-    if submitter then notice(submitter, A[3], nevents, message) end
-  end
+  local submitter = tonumber(A[i]) > 0 and redis.call('HGET', K[1], 'notify')
+  local n = add_events(K[2], K[6], submitter, A[3], A, i)
   status = redis.call('HGET', K[1], 'status')
   if status == 'queued' then
     local t = redis.call('TIME')
@@ -194,6 +205,7 @@ local function transition(K, A)
   return {1, status, n, redis.call('HGET', K[1], 'cancel') or '', 0}
 end
 """
+)
 
 # Many transitions (of different jobs) in one call, applied in order.
 # KEYS: each transition's six keys in turn. ARGV: per transition, its argument
@@ -207,6 +219,44 @@ for t = 0, #KEYS / 6 - 1 do
   for j = 1, 6 do K[j] = KEYS[t * 6 + j] end
   local count = tonumber(ARGV[a])
   results[#results + 1] = transition(K, {unpack(ARGV, a + 1, a + count)})
+  a = a + count + 1
+end
+flush_notices()
+return results
+"""
+)
+
+# Appends of running jobs (the delta writer's many small writes), each applied
+# as a ``transition`` with a ``hold`` of the run's lease would apply it: an
+# append changes no status, so it leaves the queued set alone and reads the
+# record once (half the commands of a transition, for the most frequent write).
+# KEYS, four per append: job, events, lease, the job's channel.
+# ARGV, per append: its argument count, then job id, lease token, field count,
+# field/value pairs, event count, type/data pairs.
+# Returns, per append, what ``transition`` returns.
+_APPEND_MANY = (
+    _EVENT_FUNCTIONS
+    + """
+local function append(K, A)
+  local job = redis.call('HMGET', K[1], 'status', 'notify', 'cancel')
+  if not job[1] then return {0, '', 0, '', 0} end
+  local cancel = job[3] or ''
+  if redis.call('GET', K[3]) ~= A[2] then
+    return {0, job[1], redis.call('XLEN', K[2]), cancel, 1}
+  end
+  local i = 4
+  local nfields = tonumber(A[3])
+  if nfields > 0 then
+    redis.call('HSET', K[1], unpack(A, i, i + nfields * 2 - 1))
+    i = i + nfields * 2
+  end
+  return {1, job[1], add_events(K[2], K[4], job[2], A[1], A, i), cancel, 0}
+end
+local results, a = {}, 1
+for t = 0, #KEYS / 4 - 1 do
+  local count = tonumber(ARGV[a])
+  results[t + 1] = append({unpack(KEYS, t * 4 + 1, t * 4 + 4)},
+                          {unpack(ARGV, a + 1, a + count)})
   a = a + count + 1
 end
 flush_notices()
@@ -494,6 +544,7 @@ class JobStore:
         self.ttl_seconds = ttl_seconds
         self._create = client.register_script(_CREATE)
         self._transition_many = client.register_script(_TRANSITION_MANY)
+        self._append_many = client.register_script(_APPEND_MANY)
         self._transition_with_task = client.register_script(_TRANSITION_WITH_TASK)
         self._start = client.register_script(_start_script(totals or {}))
         self._renew = client.register_script(_RENEW)
@@ -658,14 +709,24 @@ class JobStore:
 
     def append_many(self, appends: Sequence[Append]) -> list[Transition]:
         """Several runs' appends in one round trip, each applied as ``transition``
-        with a ``hold`` of its run's lease would apply it.
+        with a ``hold`` of its run's lease would apply it (``_APPEND_MANY``).
         """
-        return self._steps(
-            [
-                self._step(job, fields=fields, events=events, lease=("hold", token))
-                for job, token, fields, events in appends
+        steps: list[Step] = []
+        for job, token, fields, events in appends:
+            flat = encode_fields(fields)
+            args: list[Any] = [job.id, token, len(flat) // 2, *flat, len(events)]
+            for event in events:
+                args += event
+            step_keys = [
+                keys.job_key(job.id),
+                keys.events_key(job.id),
+                keys.lease_key(job.id),
+                keys.notify_channel(job.id),
             ]
-        )
+            steps.append((step_keys, args))
+        all_keys, all_args = _flattened(steps)
+        results = self._append_many(keys=all_keys, args=all_args)
+        return [_transition_result(r) for r in results]
 
     def _steps(self, steps: Sequence[Step]) -> list[Transition]:
         """Transitions of different jobs in one round trip, applied in order."""

@@ -141,6 +141,33 @@ def test_append_many_applies_each_job_and_publishes_one_message_each(
     ]
 
 
+def test_an_append_finds_a_requested_cancel_and_a_vanished_job(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    store = JobStore(client, 60)
+    cancelled, vanished = (_job(f"job_relay_{uuid.uuid4().hex}") for _ in range(2))
+    for job in (cancelled, vanished):
+        store.create(
+            {**dataclasses.asdict(job), "request": {}, "created_at": 1.0}, None
+        )
+        store.transition(job, lease=("take", "run1"), lease_seconds=10)
+    store.request_cancel(cancelled.id)
+    client.delete(keys.job_key(vanished.id))
+    events_before = client.xlen(keys.events_key(vanished.id))
+    results = store.append_many(
+        [
+            (cancelled, "run1", {}, [("delta", "{}")]),
+            (vanished, "run1", {}, [("delta", "{}")]),
+        ]
+    )
+    assert [(r.applied, r.cancel_requested, r.lease_lost) for r in results] == [
+        (True, True, False),  # written, and the run learns it is to stop
+        (False, False, False),  # nothing to write to; not another run's lease
+    ]
+    assert client.xlen(keys.events_key(vanished.id)) == events_before
+
+
 def test_the_window_sends_a_first_chunk_at_once_and_merges_what_follows() -> None:
     writes: list[tuple[float, list[str]]] = []
 
