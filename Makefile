@@ -8,7 +8,7 @@ PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,test,lint]'
+	$(VENV)/bin/pip install -q -e '.[dev,test,lint,bench]'
 	touch $@
 
 install: $(VENV)/.installed

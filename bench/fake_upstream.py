@@ -1,4 +1,5 @@
-"""A fast fake OpenAI-compatible upstream for benchmarks (asyncio, keep-alive).
+"""A fast fake OpenAI-compatible upstream for benchmarks (asyncio on uvloop,
+keep-alive).
 
 Each request's body may carry ``"bench": {"tokens": N, "first_delay": s, "delay": s}``;
 streams are chunked SSE with a usage chunk and ``[DONE]``, non-stream answers are
@@ -13,17 +14,19 @@ import json
 import time
 from typing import Any
 
+import uvloop
+
 _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
     b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
 )
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+def _chunk(delta: dict[str, Any], finish: str | None = None, created: int = 0) -> bytes:
     body = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
-        "created": int(time.time()),
+        "created": created or int(time.time()),
         "model": "bench",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
@@ -53,20 +56,24 @@ async def _stream(
     writer.write(_HEAD)
     if first:
         await asyncio.sleep(first)
+    # Every token after the first is the same chunk: encoded once per stream.
+    created = int(time.time())
+    token = _chunk({"content": "tok "}, created=created)
     for i in range(tokens):
         if i and delay:
             await asyncio.sleep(delay)
-        delta = (
-            {"role": "assistant", "content": "tok "} if i == 0 else {"content": "tok "}
+        writer.write(
+            token
+            if i
+            else _chunk({"role": "assistant", "content": "tok "}, None, created)
         )
-        writer.write(_chunk(delta))
         await writer.drain()
     usage = {
         "prompt_tokens": 8,
         "completion_tokens": tokens,
         "total_tokens": 8 + tokens,
     }
-    writer.write(_chunk({}, "stop"))
+    writer.write(_chunk({}, "stop", created))
     writer.write(
         _raw(b'data: {"choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n")
     )
@@ -136,4 +143,4 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
-    asyncio.run(main(parser.parse_args().port))
+    uvloop.run(main(parser.parse_args().port))

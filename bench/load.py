@@ -1,4 +1,5 @@
-"""A cheap asyncio load client: raw HTTP/1.1 keep-alive, SSE scanned as bytes.
+"""A cheap asyncio load client (on uvloop): raw HTTP/1.1 keep-alive, SSE scanned
+as bytes.
 
 Run: ``python -m bench.load '<json spec>'``; prints one JSON result. The spec
 names the target (host, port, path, key), the request body, ``concurrency``,
@@ -13,6 +14,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import uvloop
 
 _CONTENT = b'"content":"'
 #: The text of every token the bench upstream sends; one SSE line may carry several
@@ -145,4 +148,4 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run(json.loads(sys.argv[1])))))
+    print(json.dumps(uvloop.run(run(json.loads(sys.argv[1])))))
