@@ -38,6 +38,29 @@ local function push_task(list, unacked, index, message, tag, entry, at)
 end
 """
 
+
+def _each(function: str, keys_per_call: int, *, notices: bool = False) -> str:
+    """Lua applying ``function(K, A)`` to several calls in turn, in one script.
+
+    KEYS: each call's ``keys_per_call`` keys in turn. ARGV: per call, its argument
+    count and then its arguments (``_flattened``). Returns the list of results.
+    With ``notices`` the script's notices are published at its end
+    (``_JOB_WRITE_FUNCTIONS``).
+    """
+    n = keys_per_call
+    return f"""
+local results, a = {{}}, 1
+for t = 0, #KEYS / {n} - 1 do
+  local count = tonumber(ARGV[a])
+  results[t + 1] = {function}({{unpack(KEYS, t * {n} + 1, t * {n} + {n})}},
+                              {{unpack(ARGV, a + 1, a + count)}})
+  a = a + count + 1
+end
+{"flush_notices()" if notices else ""}
+return results
+"""
+
+
 # KEYS: job, events, queued zset, owner index, idempotency key ("" = none),
 #       task list, the broker's unacked hash and its index ("" = no task),
 #       the API keys' generation counter ("" = no check)
@@ -45,9 +68,7 @@ end
 #       its delivery tag, its unacked entry, now (seconds), the generation the
 #       caller's key was checked at, field/value pairs
 # Returns 0 (nothing written) if the generation moved, else the idempotency
-# key's earlier value, else false. The script takes several creates: KEYS nine
-# per create, ARGV per create its argument count and then its arguments; it
-# returns the list of their results.
+# key's earlier value, else false. The script takes several creates (``_each``).
 _CREATE = (
     _PUSH_TASK_FUNCTION
     + """
@@ -75,24 +96,18 @@ local function create(KEYS, ARGV)
   end
   return false
 end
-local results, a = {}, 1
-for t = 0, #KEYS / 9 - 1 do
-  local count = tonumber(ARGV[a])
-  results[t + 1] = create({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
-                          {unpack(ARGV, a + 1, a + count)})
-  a = a + count + 1
-end
-return results
 """
+    + _each("create", 9)
 )
 
-# Appending a job's events (``add_events``). What is for its submitter's process
+# What the scripts that write a job share: setting its fields (``set_fields``)
+# and appending its events (``add_events``). What is for its submitter's process
 # channel is gathered by ``notice`` and published by ``flush_notices`` at the end
 # of the script: one message per channel for all of the script's jobs, a
 # "<job id> <count>" line before each job's event lines, so a web process
 # relaying many streams reads one message per delta write, not one per job.
 # Every script that appends events flushes.
-_EVENT_FUNCTIONS = """
+_JOB_WRITE_FUNCTIONS = """
 local notices, noticed = {}, {}
 local function notice(channel, job, count, message)
   local box = notices[channel]
@@ -108,6 +123,15 @@ local function flush_notices()
     redis.call('PUBLISH', channel, table.concat(notices[channel], '\\n'))
   end
   notices, noticed = {}, {}
+end
+-- Sets the field/value pairs in A from A[i] (their count, then the pairs) on
+-- the record. Returns the index after them.
+local function set_fields(record, A, i)
+  local nfields = tonumber(A[i])
+  if nfields > 0 then
+    redis.call('HSET', record, unpack(A, i + 1, i + nfields * 2))
+  end
+  return i + 1 + nfields * 2
 end
 -- Adds the events in A from A[i] (their count, then type/data pairs) to the
 -- stream, publishes them on the job's channel and notices its submitter
@@ -144,9 +168,9 @@ end
 # The appended events are published on the job's channel as one message, one
 # "<id> <type> <data>" line per event (compact JSON holds no newline), and, if
 # the record names one (field ``notify``), on its submitter's process channel
-# (see ``_EVENT_FUNCTIONS``).
+# (see ``_JOB_WRITE_FUNCTIONS``).
 _TRANSITION_FUNCTION = (
-    _EVENT_FUNCTIONS
+    _JOB_WRITE_FUNCTIONS
     + """
 local function transition(K, A)
   local status = redis.call('HGET', K[1], 'status')
@@ -181,12 +205,7 @@ local function transition(K, A)
       redis.call('ZREM', K[5], A[3])
     end
   end
-  local i = 8
-  local nfields = tonumber(A[7])
-  if nfields > 0 then
-    redis.call('HSET', K[1], unpack(A, i, i + nfields * 2 - 1))
-    i = i + nfields * 2
-  end
+  local i = set_fields(K[1], A, 7)
   -- Followers are woken through pub/sub; the stream stays the record. The web
   -- process that submitted the job to follow it hears it on its own channel.
   local submitter = tonumber(A[i]) > 0 and redis.call('HGET', K[1], 'notify')
@@ -207,35 +226,19 @@ end
 """
 )
 
-# Many transitions (of different jobs) in one call, applied in order.
-# KEYS: each transition's six keys in turn. ARGV: per transition, its argument
-# count and then its arguments. Returns the list of their results.
-_TRANSITION_MANY = (
-    _TRANSITION_FUNCTION
-    + """
-local results, a = {}, 1
-for t = 0, #KEYS / 6 - 1 do
-  local K = {}
-  for j = 1, 6 do K[j] = KEYS[t * 6 + j] end
-  local count = tonumber(ARGV[a])
-  results[#results + 1] = transition(K, {unpack(ARGV, a + 1, a + count)})
-  a = a + count + 1
-end
-flush_notices()
-return results
-"""
-)
+# Many transitions (of different jobs) in one call, applied in order (``_each``).
+_TRANSITION_MANY = _TRANSITION_FUNCTION + _each("transition", 6, notices=True)
 
 # Appends of running jobs (the delta writer's many small writes), each applied
 # as a ``transition`` with a ``hold`` of the run's lease would apply it: an
 # append changes no status, so it leaves the queued set alone and reads the
 # record once (half the commands of a transition, for the most frequent write).
-# KEYS, four per append: job, events, lease, the job's channel.
-# ARGV, per append: its argument count, then job id, lease token, field count,
-# field/value pairs, event count, type/data pairs.
+# Per append (several in one call, ``_each``): KEYS: job, events, lease, the
+# job's channel. ARGV: job id, lease token, field count, field/value pairs, event
+# count, type/data pairs.
 # Returns, per append, what ``transition`` returns.
 _APPEND_MANY = (
-    _EVENT_FUNCTIONS
+    _JOB_WRITE_FUNCTIONS
     + """
 local function append(K, A)
   local job = redis.call('HMGET', K[1], 'status', 'notify', 'cancel')
@@ -244,24 +247,11 @@ local function append(K, A)
   if redis.call('GET', K[3]) ~= A[2] then
     return {0, job[1], redis.call('XLEN', K[2]), cancel, 1}
   end
-  local i = 4
-  local nfields = tonumber(A[3])
-  if nfields > 0 then
-    redis.call('HSET', K[1], unpack(A, i, i + nfields * 2 - 1))
-    i = i + nfields * 2
-  end
+  local i = set_fields(K[1], A, 3)
   return {1, job[1], add_events(K[2], K[4], job[2], A[1], A, i), cancel, 0}
 end
-local results, a = {}, 1
-for t = 0, #KEYS / 4 - 1 do
-  local count = tonumber(ARGV[a])
-  results[t + 1] = append({unpack(KEYS, t * 4 + 1, t * 4 + 4)},
-                          {unpack(ARGV, a + 1, a + count)})
-  a = a + count + 1
-end
-flush_notices()
-return results
 """
+    + _each("append", 4, notices=True)
 )
 
 # A transition that also pushes the job's task message, as the create script does
@@ -284,10 +274,10 @@ return result
 )
 
 # Runs starting jobs: take each one's lease and mark it running (see ``start``).
-# KEYS, nine per start: job, events, interactive queued zset, lease, running
-#       zset, notify channel, bulk queued zset, the broker's unacked hash and
-#       its index ("" = none). ARGV, five per start: job id, run token, lease
-#       ms, now, delivery tag.
+# Per start (several in one call, ``_each``): KEYS: job, events, interactive
+#       queued zset, lease, running zset, notify channel, bulk queued zset, the
+#       broker's unacked hash and its index ("" = none). ARGV: job id, run
+#       token, lease ms, now, delivery tag.
 # Returns, per start, false for no job, else {transition result, the record's
 # HGETALL}. TOTALS (filled in per catalog) maps hex("<provider>\\n<model>") to
 # the model's total timeout, so the deadline is stored with the start.
@@ -323,13 +313,6 @@ local function start(KEYS, ARGV)
   local K = {KEYS[1], KEYS[2], queued, KEYS[4], KEYS[5], KEYS[6]}
   return {transition(K, A), redis.call('HGETALL', KEYS[1])}
 end
-local results = {}
-for t = 0, #KEYS / 9 - 1 do
-  results[t + 1] = start({unpack(KEYS, t * 9 + 1, t * 9 + 9)},
-                         {unpack(ARGV, t * 5 + 1, t * 5 + 5)})
-end
-flush_notices()
-return results
 """
 
 
@@ -340,7 +323,11 @@ def _start_script(totals: Mapping[tuple[str, str], float]) -> str:
         for (provider, model), seconds in totals.items()
     )
     table = ", ".join(f'["{name}"] = {seconds!r}' for name, seconds in entries)
-    return _TRANSITION_FUNCTION + _START % ("{" + table + "}")
+    return (
+        _TRANSITION_FUNCTION
+        + _START % ("{" + table + "}")
+        + _each("start", 9, notices=True)
+    )
 
 
 # KEYS: lease, running zset. ARGV: token, lease ms, job id.
@@ -689,11 +676,10 @@ class JobStore:
 
     def start_many(self, starts: Sequence[Start]) -> list[Started]:
         """Several ``start`` calls in one round trip, applied in order."""
-        all_keys: list[str] = []
-        all_args: list[Any] = []
+        steps: list[Step] = []
         for job_id, token, lease_seconds, unacked in starts:
             hash_key, index_key, tag = unacked or ("", "", "")
-            all_keys += [
+            step_keys = [
                 keys.job_key(job_id),
                 keys.events_key(job_id),
                 keys.queued_key("interactive"),
@@ -704,7 +690,10 @@ class JobStore:
                 hash_key,
                 index_key,
             ]
-            all_args += [job_id, token, int(lease_seconds * 1000), now(), tag]
+            steps.append(
+                (step_keys, [job_id, token, int(lease_seconds * 1000), now(), tag])
+            )
+        all_keys, all_args = _flattened(steps)
         return [_started(reply) for reply in self._start(keys=all_keys, args=all_args)]
 
     def append_many(self, appends: Sequence[Append]) -> list[Transition]:
