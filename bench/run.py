@@ -284,7 +284,7 @@ class System:
             check=True,
         )
         sampler.stop()
-        data = json.loads(out.stdout)
+        data = _load_result(out)
         wall = data["wall"]
         cpu = {
             name: (cpu_seconds(pids) - before[name]) / wall
@@ -300,6 +300,24 @@ class System:
             sampler.peak_rss,
             sampler.peak_clients,
         )
+
+
+def _load_result(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The load client's JSON result; what it wrote around the fault if it is not.
+
+    (Once in this project's runs its output was not JSON, and nothing more was
+    known: this says what came instead.)
+    """
+    try:
+        result: dict[str, Any] = json.loads(out.stdout)
+    except json.JSONDecodeError as exc:
+        around = out.stdout[max(0, exc.pos - 200) : exc.pos + 200]
+        raise click.ClickException(
+            f"the load client's output is not JSON ({exc}; {len(out.stdout)} "
+            f"characters); around the fault: {around!r}; its stderr: "
+            f"{out.stderr[-2000:]!r}"
+        ) from exc
+    return result
 
 
 class _Sampler(threading.Thread):

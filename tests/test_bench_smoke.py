@@ -6,6 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
+import pytest
+
+from bench.run import _load_result
 from tests.conftest import ROOT
 
 
@@ -37,3 +41,16 @@ def test_the_ab_comparison_runs_the_base_and_this_build_in_turn() -> None:
         "this",
     ]
     assert any(line.startswith("base (HEAD): ") for line in lines)
+
+
+def test_a_load_result_that_is_not_json_is_reported_with_what_came() -> None:
+    out = subprocess.CompletedProcess(
+        [], 0, '{"wall": 1.0,\n"cpu" 2}', "Traceback: something"
+    )
+    with pytest.raises(click.ClickException) as caught:
+        _load_result(out)
+    assert '\'{"wall": 1.0,\\n"cpu" 2}\'' in caught.value.message
+    assert "Traceback: something" in caught.value.message
+    assert _load_result(subprocess.CompletedProcess([], 0, '{"wall": 1.0}', "")) == {
+        "wall": 1.0
+    }
