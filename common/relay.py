@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+from gevent import monkey
 
 from common.jsoncodec import dumps
 from common.storage import Append, JobRecord, Transition
@@ -116,10 +117,12 @@ class DeltaBatcher:
         return RunDeltas(self, job, token, unsaved, on_result)
 
     def add(self, run: RunDeltas, chunk: dict[str, Any]) -> None:
+        first = False
         with self._lock:
             merge(run.pending, chunk)
             if not run.started:
                 run.started = True
+                first = True
                 self._urgent.set()
             run.idle.clear()
             self._dirty[id(run)] = run
@@ -129,6 +132,11 @@ class DeltaBatcher:
                     target=self._loop, name="llmq-deltas", daemon=True
                 ).start()
         self._wake.set()
+        if first and monkey.is_module_patched("threading"):
+            # Under gevent the writer runs only when this run's reader yields, and
+            # a reader with chunks already buffered reads on without blocking: let
+            # the writer send the first chunk now rather than after the burst.
+            time.sleep(0)
 
     def detach(self, run: RunDeltas) -> list[dict[str, Any]]:
         with self._lock:

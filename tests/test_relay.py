@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,7 +19,7 @@ from common import keys
 from common.eventlog import _parse_message
 from common.relay import DeltaBatcher, merge
 from common.storage import Append, JobRecord, JobStore, Transition, record_from
-from tests.conftest import RedisServer, job_fields
+from tests.conftest import ROOT, RedisServer, job_fields
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -166,6 +169,55 @@ def test_an_append_finds_a_requested_cancel_and_a_vanished_job(
         (False, False, False),  # nothing to write to; not another run's lease
     ]
     assert client.xlen(keys.events_key(vanished.id)) == events_before
+
+
+_BURST = """
+from gevent import monkey
+
+monkey.patch_all()
+import gevent
+
+from common.relay import DeltaBatcher
+from common.storage import Transition
+
+written = []
+
+
+def write(appends):
+    written.append(appends[0][3][0][1])
+    gevent.sleep(0.01)
+    return [Transition(True, "running", False)] * len(appends)
+
+
+batcher = DeltaBatcher(write, 0.01)
+run = batcher.open(None, "token", {}, lambda result: None)
+
+
+def reader():  # chunks already buffered: it never blocks between them
+    for i in range(5):
+        run.add({"choices": [{"index": 0, "delta": {"content": f"t{i}"}}]})
+
+
+gevent.spawn(reader).join()
+gevent.sleep(0.1)
+print(written)
+"""
+
+
+def test_a_first_chunk_is_written_before_a_burst_behind_it_is_read() -> None:
+    # Under gevent the writer runs only when the reader yields: the first chunk
+    # of a run yields at once, so its write does not wait for the burst.
+    out = subprocess.run(
+        [sys.executable, "-c", _BURST],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    written = ast.literal_eval(out.stdout.strip())
+    assert '"content":"t0"' in written[0] and "t1" not in written[0]
+    assert '"content":"t1t2t3t4"' in written[1]
 
 
 def test_the_window_sends_a_first_chunk_at_once_and_merges_what_follows() -> None:
