@@ -356,7 +356,7 @@ def _row(result: Result) -> list[str]:
         str(len(result.samples)),
         str(result.errors),
         *(f"{result.ms('ttft', q):.1f}" for q in (0.5, 0.9, 0.99)),
-        *(f"{result.ms('total', q):.0f}" for q in (0.5, 0.99)),
+        *(f"{result.ms('total', q):.0f}" for q in (0.5, 0.9, 0.99)),
         f"{result.tokens_per_second:,.0f}",
         f"{result.requests_per_second:,.0f}",
         f"{result.peak_rss_mb:.0f}" if result.mode == "llmq" else "",
@@ -377,6 +377,7 @@ HEADER = [
     "p90",
     "p99",
     "total p50 ms",
+    "p90",
     "p99",
     "tokens/s",
     "req/s",
@@ -398,6 +399,43 @@ def markdown_row(cells: list[str]) -> str:
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
     rows = [HEADER, ["---"] * len(HEADER)] + [_row(r) for r in results]
+    return "\n".join(markdown_row(row) for row in rows)
+
+
+RATIO_HEADER = [
+    "scenario",
+    "added TTFT p50 ms",
+    "added TTFT p99 ms",
+    "TTFT p50 llmq/direct",
+    "total p50 llmq/direct",
+    "tokens/s llmq/direct",
+    "req/s llmq/direct",
+]
+
+
+def ratios(results: list[Result]) -> str:
+    """Each scenario through llmq against the same scenario direct, as a table."""
+    by = {(r.scenario.name, r.mode): r for r in results}
+    rows = [RATIO_HEADER, ["---"] * len(RATIO_HEADER)]
+    for name in dict.fromkeys(r.scenario.name for r in results):
+        llmq, direct = by.get((name, "llmq")), by.get((name, "direct"))
+        if llmq is None or direct is None:
+            continue
+
+        def times(measure: float, base: float) -> str:
+            return f"{measure / base:,.2f}" if base else "—"
+
+        rows.append(
+            [
+                name,
+                f"{llmq.ms('ttft', 0.5) - direct.ms('ttft', 0.5):.1f}",
+                f"{llmq.ms('ttft', 0.99) - direct.ms('ttft', 0.99):.1f}",
+                times(llmq.ms("ttft", 0.5), direct.ms("ttft", 0.5)),
+                times(llmq.ms("total", 0.5), direct.ms("total", 0.5)),
+                times(llmq.tokens_per_second, direct.tokens_per_second),
+                times(llmq.requests_per_second, direct.requests_per_second),
+            ]
+        )
     return "\n".join(markdown_row(row) for row in rows)
 
 
@@ -532,7 +570,7 @@ def main(
                     results.append(system.run(scenario, mode))
         finally:
             system.stop()
-    report = table(results)
+    report = table(results) + "\n\nllmq against direct:\n\n" + ratios(results)
     if smoke:
         problems = smoke_problems(results)
         click.echo(report)

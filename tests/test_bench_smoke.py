@@ -9,7 +9,7 @@ import sys
 import click
 import pytest
 
-from bench.run import _load_result
+from bench.run import SMOKE, Result, _load_result, ratios
 from tests.conftest import ROOT
 
 
@@ -24,6 +24,7 @@ def test_the_benchmark_runs_and_every_token_arrives() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all correct" in result.stdout
     assert "| scale | llmq |" in result.stdout
+    assert "| scale | " in result.stdout.split("llmq against direct:")[1]
 
 
 def test_the_ab_comparison_runs_the_base_and_this_build_in_turn() -> None:
@@ -54,3 +55,17 @@ def test_a_load_result_that_is_not_json_is_reported_with_what_came() -> None:
     assert _load_result(subprocess.CompletedProcess([], 0, '{"wall": 1.0}', "")) == {
         "wall": 1.0
     }
+
+
+def test_the_ratio_table_sets_each_scenario_through_llmq_against_direct() -> None:
+    def result(mode: str, ttft: float, total: float, wall: float) -> Result:
+        samples = [{"ttft": ttft, "total": total, "tokens": 5, "error": None}] * 4
+        return Result(SMOKE[0], mode, wall, samples, {})
+
+    table = ratios(
+        [result("direct", 0.001, 0.002, 1.0), result("llmq", 0.004, 0.005, 2.0)]
+    )
+    header, _, row = table.splitlines()
+    assert header.startswith("| scenario | added TTFT p50 ms |")
+    # TTFT +3 ms (4x), total 2.5x, half the tokens/s and req/s (twice the wall time)
+    assert row == "| unloaded | 3.0 | 3.0 | 4.00 | 2.50 | 0.50 | 0.50 |"
