@@ -232,7 +232,8 @@ _TRANSITION_MANY = _TRANSITION_FUNCTION + _each("transition", 6, notices=True)
 # Appends of running jobs (the delta writer's many small writes), each applied
 # as a ``transition`` with a ``hold`` of the run's lease would apply it: an
 # append changes no status, so it leaves the queued set alone and reads the
-# record once (half the commands of a transition, for the most frequent write).
+# record once (5 Redis commands where a transition takes 9, for the most frequent
+# write).
 # Per append (several in one call, ``_each``): KEYS: job, events, lease, the
 # job's channel. ARGV: job id, lease token, field count, field/value pairs, event
 # count, type/data pairs.
