@@ -22,11 +22,11 @@ _HEAD = (
 )
 
 
-def _chunk(delta: dict[str, Any], finish: str | None = None, created: int = 0) -> bytes:
+def _chunk(delta: dict[str, Any], finish: str | None, created: int) -> bytes:
     body = {
         "id": "chatcmpl-bench",
         "object": "chat.completion.chunk",
-        "created": created or int(time.time()),
+        "created": created,
         "model": "bench",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
@@ -58,7 +58,7 @@ async def _stream(
         await asyncio.sleep(first)
     # Every token after the first is the same chunk: encoded once per stream.
     created = int(time.time())
-    token = _chunk({"content": "tok "}, created=created)
+    token = _chunk({"content": "tok "}, None, created)
     for i in range(tokens):
         if i and delay:
             await asyncio.sleep(delay)

@@ -413,27 +413,38 @@ RATIO_HEADER = [
 ]
 
 
-def ratios(results: list[Result]) -> str:
-    """Each scenario through llmq against the same scenario direct, as a table."""
+def _compared(results: list[Result]) -> list[tuple[Result, Result]]:
+    """Each scenario that ran both ways, as (llmq, direct), in the order run."""
     by = {(r.scenario.name, r.mode): r for r in results}
-    rows = [RATIO_HEADER, ["---"] * len(RATIO_HEADER)]
+    pairs = []
     for name in dict.fromkeys(r.scenario.name for r in results):
         llmq, direct = by.get((name, "llmq")), by.get((name, "direct"))
-        if llmq is None or direct is None:
-            continue
+        if llmq is not None and direct is not None:
+            pairs.append((llmq, direct))
+    return pairs
 
-        def times(measure: float, base: float) -> str:
-            return f"{measure / base:,.2f}" if base else "—"
 
+def _added_ttft(llmq: Result, direct: Result, q: float) -> float:
+    return llmq.ms("ttft", q) - direct.ms("ttft", q)
+
+
+def _times(measure: float, base: float) -> str:
+    return f"{measure / base:,.2f}" if base else "—"
+
+
+def ratios(results: list[Result]) -> str:
+    """Each scenario through llmq against the same scenario direct, as a table."""
+    rows = [RATIO_HEADER, ["---"] * len(RATIO_HEADER)]
+    for llmq, direct in _compared(results):
         rows.append(
             [
-                name,
-                f"{llmq.ms('ttft', 0.5) - direct.ms('ttft', 0.5):.1f}",
-                f"{llmq.ms('ttft', 0.99) - direct.ms('ttft', 0.99):.1f}",
-                times(llmq.ms("ttft", 0.5), direct.ms("ttft", 0.5)),
-                times(llmq.ms("total", 0.5), direct.ms("total", 0.5)),
-                times(llmq.tokens_per_second, direct.tokens_per_second),
-                times(llmq.requests_per_second, direct.requests_per_second),
+                llmq.scenario.name,
+                f"{_added_ttft(llmq, direct, 0.5):.1f}",
+                f"{_added_ttft(llmq, direct, 0.99):.1f}",
+                _times(llmq.ms("ttft", 0.5), direct.ms("ttft", 0.5)),
+                _times(llmq.ms("total", 0.5), direct.ms("total", 0.5)),
+                _times(llmq.tokens_per_second, direct.tokens_per_second),
+                _times(llmq.requests_per_second, direct.requests_per_second),
             ]
         )
     return "\n".join(markdown_row(row) for row in rows)
@@ -441,17 +452,11 @@ def ratios(results: list[Result]) -> str:
 
 def verdicts(results: list[Result]) -> list[str]:
     """Each scenario's target, what was measured, and whether it holds."""
-    by = {(r.scenario.name, r.mode): r for r in results}
     lines = []
-    for scenario in SCENARIOS:
-        llmq, direct = (
-            by.get((scenario.name, "llmq")),
-            by.get((scenario.name, "direct")),
-        )
-        if llmq is None or direct is None:
-            continue
-        added50 = llmq.ms("ttft", 0.5) - direct.ms("ttft", 0.5)
-        added99 = llmq.ms("ttft", 0.99) - direct.ms("ttft", 0.99)
+    for llmq, direct in _compared(results):
+        scenario = llmq.scenario
+        added50 = _added_ttft(llmq, direct, 0.5)
+        added99 = _added_ttft(llmq, direct, 0.99)
         ratio = llmq.tokens_per_second / max(direct.tokens_per_second, 1e-9)
         checks = {
             "unloaded": (added50 <= 5, f"added TTFT p50 {added50:.1f} ms"),

@@ -435,6 +435,16 @@ def _transition_result(reply: list[Any]) -> Transition:
     )
 
 
+def _write_args(fields: dict[str, Any], events: Sequence[tuple[str, str]]) -> list[Any]:
+    """The arguments ``set_fields`` and then ``add_events`` read: the field count,
+    the field/value pairs, the event count, the type/data pairs."""
+    flat = encode_fields(fields)
+    args: list[Any] = [len(flat) // 2, *flat, len(events)]
+    for event in events:
+        args += event
+    return args
+
+
 def _flattened(steps: Sequence[Step]) -> Step:
     """Several scripts' keys and arguments as one call's: all the keys in turn,
     and for each script its argument count, then its arguments."""
@@ -701,28 +711,31 @@ class JobStore:
         """Several runs' appends in one round trip, each applied as ``transition``
         with a ``hold`` of its run's lease would apply it (``_APPEND_MANY``).
         """
-        steps: list[Step] = []
-        for job, token, fields, events in appends:
-            flat = encode_fields(fields)
-            args: list[Any] = [job.id, token, len(flat) // 2, *flat, len(events)]
-            for event in events:
-                args += event
-            step_keys = [
-                keys.job_key(job.id),
-                keys.events_key(job.id),
-                keys.lease_key(job.id),
-                keys.notify_channel(job.id),
-            ]
-            steps.append((step_keys, args))
-        all_keys, all_args = _flattened(steps)
-        results = self._append_many(keys=all_keys, args=all_args)
-        return [_transition_result(r) for r in results]
+        steps: list[Step] = [
+            (
+                [
+                    keys.job_key(job.id),
+                    keys.events_key(job.id),
+                    keys.lease_key(job.id),
+                    keys.notify_channel(job.id),
+                ],
+                [job.id, token, *_write_args(fields, events)],
+            )
+            for job, token, fields, events in appends
+        ]
+        return self._applied(self._append_many, steps)
 
     def _steps(self, steps: Sequence[Step]) -> list[Transition]:
         """Transitions of different jobs in one round trip, applied in order."""
+        return self._applied(self._transition_many, steps)
+
+    @staticmethod
+    def _applied(
+        script: redis.commands.core.Script, steps: Sequence[Step]
+    ) -> list[Transition]:
+        """``script`` (``_each`` over a transition-shaped function) on ``steps``."""
         all_keys, all_args = _flattened(steps)
-        results = self._transition_many(keys=all_keys, args=all_args)
-        return [_transition_result(r) for r in results]
+        return [_transition_result(r) for r in script(keys=all_keys, args=all_args)]
 
     def _step(
         self,
@@ -737,7 +750,6 @@ class JobStore:
     ) -> Step:
         """The keys and arguments of one transition (see ``_TRANSITION_FUNCTION``)."""
         op, token = lease or ("", "")
-        flat = encode_fields(fields)
         args: list[Any] = [
             self.ttl_seconds if refresh_ttl else 0,
             ",".join(expected),
@@ -745,12 +757,8 @@ class JobStore:
             op,
             token,
             int(lease_seconds * 1000),
-            len(flat) // 2,
-            *flat,
-            len(events),
+            *_write_args(fields, events),
         ]
-        for event_type, data in events:
-            args += [event_type, data]
         step_keys = [
             keys.job_key(job.id),
             keys.events_key(job.id),
