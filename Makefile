@@ -3,15 +3,24 @@ VENV ?= .venv
 PYTHON ?= python3
 
 # `make lint`: ruff and mypy strict, as STYLE.md asks.
-.PHONY: install run test lint bench ab clean
+.PHONY: install lock run test lint bench ab clean
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions in requirements/dev.txt (the lock), then llmq itself.
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev,test,lint,bench]'
+	$(VENV)/bin/pip install -q -r requirements/dev.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
+
+# `make lock`: resolve the newest versions pyproject.toml admits into the lock files
+# (requirements/runtime.txt, what the Dockerfile installs, within requirements/dev.txt).
+LOCK = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 -q
+lock: install
+	$(LOCK) --all-extras --upgrade -o requirements/dev.txt
+	$(LOCK) -c requirements/dev.txt -o requirements/runtime.txt
+	rm -f $(VENV)/.installed
 
 run: install
 	VENV=$(VENV) bash scripts/run-local.sh

@@ -99,7 +99,7 @@ class CancelRegistry:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
                 pubsub.subscribe(keys.CANCEL_CHANNEL)
                 while True:
                     message = pubsub.get_message(timeout=1.0)

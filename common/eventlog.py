@@ -161,7 +161,7 @@ class Hub:
         if self._started:
             return
         if self._pubsub is None:
-            self._pubsub = self.redis.pubsub(push_handler_func=_as_received)  # type: ignore[no-untyped-call]
+            self._pubsub = self.redis.pubsub(push_handler_func=_as_received)
             self._channels[self.channel.encode()] = self._own
         # Raises while Redis is down; the next caller tries again.
         self._pubsub.subscribe(self.channel)
