@@ -33,8 +33,12 @@ RUNNING_KEY = f"{PREFIX}:running"
 
 
 def rate_key(scope: str, unit: str) -> str:
-    """GCRA theoretical arrival time (ms) of one limit, e.g. ``provider:sim`` rpm."""
-    return f"{PREFIX}:rate:{scope}:{unit}"
+    """GCRA theoretical arrival time (µs) of one limit, e.g. ``provider:sim`` rpm.
+
+    Named apart from the ``rate`` keys that held milliseconds, so processes of
+    both versions sharing a Redis during an upgrade never read each other's.
+    """
+    return f"{PREFIX}:rate_us:{scope}:{unit}"
 
 
 def slots_key(scope: str) -> str:

@@ -1,7 +1,7 @@
 """Global rate and concurrency limits kept in Redis, so they hold across every worker.
 
 Rates use GCRA (the generic cell rate algorithm): each limit is one key holding
-its theoretical arrival time (TAT) in ms, so a check is one atomic script with
+its theoretical arrival time (TAT) in µs, so a check is one atomic script with
 no per-request log.
 
 - Provider and model limits *reserve*: a request that would exceed a limit is
@@ -19,7 +19,6 @@ After a job ends, tpm reservations are settled with the real token count.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -28,50 +27,65 @@ import redis
 
 from common import keys
 
-MS_PER_MINUTE = 60_000
+#: Rates keep time in whole microseconds: a unit of a 100M-tpm limit is 0.6 µs,
+#: so milliseconds would need fractions, and Redis takes only integers (``PX``).
+US_PER_SECOND = 1_000_000
+US_PER_MINUTE = 60 * US_PER_SECOND
 #: Seconds of provider tpm that may be spent at once.
-TPM_BURST_SECONDS = 6.0
+TPM_BURST_SECONDS = 6
 
-# KEYS: rate keys. ARGV: per key (interval ms per unit, units, tolerance ms).
-# Reserves every limit at once; returns the ms to wait before going.
-_RESERVE = """
+# What the rate scripts share: Redis's clock in µs, and writing a TAT. A TAT in µs
+# (~1.8e15) is exact in Lua's doubles, but Lua would hand it to Redis as text
+# with 14 significant digits, hence '%.0f'; its expiry is whole ms.
+_RATE_LIB = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function set_tat(key, tat)
+  redis.call('SET', key, string.format('%.0f', tat),
+             'PX', math.floor((tat - now) / 1000) + 1000)
+end
+"""
+
+# KEYS: rate keys. ARGV: per key (cost µs, tolerance µs).
+# Reserves every limit at once; returns the µs to wait before going.
+_RESERVE = (
+    _RATE_LIB
+    + """
 local start = now
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local ready = tat - tonumber(ARGV[i * 3])
+  local ready = tat - tonumber(ARGV[i * 2])
   if ready > start then start = ready end
 end
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < start then tat = start end
-  tat = tat + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3 - 1])
-  redis.call('SET', KEYS[i], tat, 'PX', math.max(1000, tat - now + 1000))
+  set_tat(KEYS[i], tat + tonumber(ARGV[i * 2 - 1]))
 end
 return start - now
 """
+)
 
-# KEYS: rate keys. ARGV: per key (interval ms per unit, units, window ms).
+# KEYS: rate keys. ARGV: per key (cost µs, window µs).
 # Admits only if every limit has room in its window; returns
-# {admitted, wait ms, then per key: ms until its TAT is back at now}.
-_ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# {admitted, wait µs, then per key: µs until its TAT is back at now}.
+_ADMIT = (
+    _RATE_LIB
+    + """
 local wait, tats = 0, {}
 for i = 1, #KEYS do
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local new = tat + tonumber(ARGV[i * 3 - 2]) * tonumber(ARGV[i * 3 - 1])
-  local over = new - now - tonumber(ARGV[i * 3])
+  local new = tat + tonumber(ARGV[i * 2 - 1])
+  local over = new - now - tonumber(ARGV[i * 2])
   if over > wait then wait = over end
   tats[i] = new
 end
 local out = {wait > 0 and 0 or 1, wait}
 for i = 1, #KEYS do
   if wait <= 0 then
-    redis.call('SET', KEYS[i], tats[i], 'PX', tats[i] - now + 1000)
+    set_tat(KEYS[i], tats[i])
     out[#out + 1] = tats[i] - now
   else
     local tat = tonumber(redis.call('GET', KEYS[i]) or now)
@@ -80,16 +94,18 @@ for i = 1, #KEYS do
 end
 return out
 """
+)
 
-# KEYS: one rate key. ARGV: ms to add (may be negative).
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# KEYS: one rate key. ARGV: µs to add (may be negative).
+_SETTLE = (
+    _RATE_LIB
+    + """
 local tat = tonumber(redis.call('GET', KEYS[1]) or now) + tonumber(ARGV[1])
 if tat <= now then redis.call('DEL', KEYS[1]) return 0 end
-redis.call('SET', KEYS[1], tat, 'PX', tat - now + 1000)
+set_tat(KEYS[1], tat)
 return tat - now
 """
+)
 
 # KEYS: slot sets. ARGV: holder, hold ms, then one limit per key.
 # Takes a slot in every set or none; returns 1 if taken.
@@ -134,10 +150,14 @@ class Rate:
     def key(self) -> str:
         return keys.rate_key(self.scope, self.unit)
 
-    @property
-    def interval_ms(self) -> float:
-        """Milliseconds of the window one unit uses up."""
-        return MS_PER_MINUTE / self.limit
+    def cost_us(self, units: int) -> int:
+        """Microseconds of the window ``units`` use up (rounded away from zero)."""
+        cost = -(-abs(units) * US_PER_MINUTE // self.limit)
+        return cost if units >= 0 else -cost
+
+    def units_in(self, us: int) -> int:
+        """Whole units that fit in ``us`` microseconds of the window."""
+        return max(0, us) * self.limit // US_PER_MINUTE
 
 
 @dataclass(frozen=True)
@@ -165,32 +185,33 @@ class Limiter:
         """Reserve ``(rate, units)`` on every limit; return seconds to wait first."""
         if not rates:
             return 0.0
-        args: list[float] = []
+        args: list[int] = []
         for rate, units in rates:
-            tolerance = TPM_BURST_SECONDS * 1000 if rate.unit == "tpm" else 0.0
-            args += [rate.interval_ms, units, tolerance]
-        wait_ms = self._reserve(keys=[r.key for r, _ in rates], args=args)
-        return max(0.0, float(cast(int, wait_ms)) / 1000)
+            tolerance = TPM_BURST_SECONDS * US_PER_SECOND if rate.unit == "tpm" else 0
+            args += [rate.cost_us(units), tolerance]
+        wait_us = self._reserve(keys=[r.key for r, _ in rates], args=args)
+        return max(0.0, cast(int, wait_us) / US_PER_SECOND)
 
     def admit(self, rates: Sequence[tuple[Rate, int]]) -> Admission:
         """Admit a request if every ``(rate, units)`` fits in its minute, else deny."""
         if not rates:
             return Admission(True, 0.0, {}, {})
-        args: list[float] = []
+        args: list[int] = []
         for rate, units in rates:
-            args += [rate.interval_ms, units, MS_PER_MINUTE]
+            args += [rate.cost_us(units), US_PER_MINUTE]
         reply = cast(list[int], self._admit(keys=[r.key for r, _ in rates], args=args))
         remaining, reset = {}, {}
-        for (rate, _), used_ms in zip(rates, reply[2:], strict=True):
-            room = (MS_PER_MINUTE - int(used_ms)) / rate.interval_ms
-            remaining[rate.unit] = max(0, math.floor(room))
-            reset[rate.unit] = int(used_ms) / 1000
-        return Admission(bool(reply[0]), int(reply[1]) / 1000, remaining, reset)
+        for (rate, _), used_us in zip(rates, reply[2:], strict=True):
+            remaining[rate.unit] = rate.units_in(US_PER_MINUTE - int(used_us))
+            reset[rate.unit] = int(used_us) / US_PER_SECOND
+        return Admission(
+            bool(reply[0]), int(reply[1]) / US_PER_SECOND, remaining, reset
+        )
 
     def settle(self, rate: Rate, extra_units: int) -> None:
         """Correct a reservation by ``extra_units`` (negative gives time back)."""
         if extra_units:
-            self._settle(keys=[rate.key], args=[int(extra_units * rate.interval_ms)])
+            self._settle(keys=[rate.key], args=[rate.cost_us(extra_units)])
 
     def acquire_slots(
         self, holder: str, slots: Sequence[tuple[str, int]], hold_seconds: float

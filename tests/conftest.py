@@ -201,6 +201,10 @@ providers:
     kind: openai
     base_url: {upstream_url}/v1
     timeouts: {{connect: 2, first_token: 30, idle: 30, total: 60}}
+  vast:
+    kind: openai
+    base_url: {upstream_url}/v1
+    limits: {{rpm: 10000, tpm: 100000000}}
   sim:
     kind: simulated
     simulated: {{first_token_delay: 0.05, tokens_per_second: 100, reply_tokens: 12}}
@@ -230,6 +234,9 @@ models:
     provider: limited
   - id: narrow-model
     provider: narrow
+  - id: vast-model
+    provider: vast
+    limits: {{tpm: 1000000}}
   - id: hasty-model
     provider: hasty
   - id: fallback-model

@@ -1,4 +1,4 @@
-"""The Redis limiter scripts, against the private redis-server (no workers needed)."""
+"""Rate and concurrency limits: the Redis scripts, then the front door and a worker."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import uuid
 
 import pytest
 import redis
+import requests
 
 from common.limits import TPM_BURST_SECONDS, Limiter, Rate
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, Stack, chat_body
 
 
 @pytest.fixture
@@ -79,3 +80,66 @@ def test_slots_are_all_or_nothing_and_free_themselves(limiter: Limiter) -> None:
     assert limiter.acquire_slots("job2", [(a, 1), (b, 2)], 5)
     limiter.release_slots("job2", [a, b])
     assert limiter.acquire_slots("job4", [(a, 1)], 5)
+
+
+@pytest.mark.parametrize(
+    ("unit", "limit", "units"),
+    [("rpm", 10_000, 1), ("tpm", 1_000_000, 1_000), ("tpm", 100_000_000, 1_000)],
+)
+def test_realistic_limits_reserve_admit_and_settle(
+    limiter: Limiter, unit: str, limit: int, units: int
+) -> None:
+    """A unit of these limits is a fraction of a millisecond (6 ms / 10,000 rpm,
+    60 µs a token at 1M tpm, 0.6 µs at 100M): Redis refused the fractional
+    expiry the scripts once computed."""
+    rate = Rate(scope(), unit, limit)
+    assert limiter.reserve([(rate, units)]) == 0.0
+    admitted = limiter.admit([(Rate(scope(), unit, limit), units)])
+    assert admitted.admitted
+    assert admitted.remaining[unit] == limit - units
+    limiter.settle(rate, -units)
+    limiter.settle(rate, units)
+
+
+def test_a_10000_rpm_limit_spaces_requests_6_ms_apart(limiter: Limiter) -> None:
+    rpm = Rate(scope(), "rpm", 10_000)
+    waits = [limiter.reserve([(rpm, 1)]) for _ in range(50)]
+    assert waits[-1] == pytest.approx(49 * 0.006, abs=0.02)
+
+
+def test_a_100m_tpm_limit_counts_a_minute_of_tokens_exactly(limiter: Limiter) -> None:
+    tpm = Rate(scope(), "tpm", 100_000_000)
+    assert limiter.admit([(tpm, 60_000_000)]).remaining["tpm"] == 40_000_000
+    assert limiter.admit([(tpm, 40_000_000)]).admitted
+    denied = limiter.admit([(tpm, 1_000_000)])
+    assert not denied.admitted
+    assert denied.retry_after_seconds == pytest.approx(0.6, abs=0.1)
+
+
+def test_a_key_with_a_million_tpm_is_served(stack: Stack) -> None:
+    """At the front door: such a key got 503 on every request."""
+    key = stack.key(rpm=5, tpm=1_000_000)
+    resp = requests.post(
+        f"{stack.url}/v1/chat/completions",
+        json=chat_body(),
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-ratelimit-limit-tokens"] == "1000000"
+    assert int(resp.headers["x-ratelimit-remaining-tokens"]) > 990_000
+
+
+def test_a_worker_runs_jobs_under_100m_provider_and_1m_model_tpm(
+    stack: Stack, api_key: str
+) -> None:
+    """In the worker: the catalog's vast provider (10,000 rpm, 100M tpm) and its
+    model (1M tpm) reserve on every call."""
+    resp = requests.post(
+        f"{stack.url}/v1/chat/completions",
+        json=chat_body(model="vast-model"),
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"]
