@@ -36,7 +36,7 @@ if ! redis_up; then
   started_redis=1
 fi
 
-demo_key=$(flask --app web.app keys create --name "demo-$(date +%s)" --quiet)
+demo_key=$(flask --app web keys create --name "demo-$(date +%s)" --quiet)
 
 honcho start -f Procfile &
 procs=$!

@@ -184,9 +184,10 @@ def test_admin_rejects_a_bad_key_request(stack: Stack) -> None:
     assert missing.status_code == 404
 
 
-def _flask(env: dict[str, str], *args: str) -> str:
+def _flask(env: dict[str, str], *args: str, app: str = "web") -> str:
+    """``flask --app web keys ...``, as API.md and the README spell it."""
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "flask"), "--app", "web.app", "keys", *args],
+        [str(Path(sys.executable).parent / "flask"), "--app", app, "keys", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -216,6 +217,24 @@ def test_flask_cli_creates_lists_and_revokes_keys(stack: Stack) -> None:
     )
     quiet = _flask(stack.env, "create", "--name", "q", "--quiet")
     assert quiet.startswith("llmq-") and "\t" not in quiet
+
+
+def test_the_cli_also_answers_at_the_factory_module(stack: Stack) -> None:
+    assert _flask(stack.env, "create", "--name", "q", "--quiet", app="web.app")
+
+
+def test_importing_web_imports_nothing_else() -> None:
+    """gunicorn's master imports web.server before its workers patch for gevent."""
+    names = "('flask', 'redis', 'celery', 'gevent')"
+    code = f"import sys, web; print(sorted(m for m in {names} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_whole_stack_runs_on_postgresql(
