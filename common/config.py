@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,12 @@ DEFAULT_LEASE_SECONDS = 15.0
 DEFAULT_WORKER_GRACE_SECONDS = 30.0
 #: Deltas of one stream arriving within this window go out as one event.
 DEFAULT_DELTA_WINDOW_MS = 10.0
+#: Origins whose web pages may call llmq from a browser; ``*`` is any origin.
+DEFAULT_CORS_ORIGINS = ("*",)
+#: What a browser sends as ``Origin``: scheme, host (IPv6 in brackets), port.
+_ORIGIN = re.compile(
+    r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^\s/?#@:\[\]]+)(:\d+)?", re.I
+)
 
 
 class ConfigError(ValueError):
@@ -56,6 +63,7 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
     delta_window_ms: float = DEFAULT_DELTA_WINDOW_MS
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
 
 
 def _positive(
@@ -78,6 +86,28 @@ def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     if value != int(value):
         raise ConfigError(f"{name} must be a whole number")
     return int(value)
+
+
+def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of origins (``scheme://host[:port]``), or ``*``.
+
+    An origin with a path or a trailing slash is refused: a browser's ``Origin``
+    header never has one, so it would silently never match.
+    """
+    raw = environ.get(name) or ""
+    if not raw:
+        return DEFAULT_CORS_ORIGINS
+    origins = tuple(o for o in (part.strip() for part in raw.split(",")) if o)
+    if origins == ("*",):
+        return origins
+    if not origins or "*" in origins:
+        raise ConfigError(f"{name} must be * or a list of origins, not {raw!r}")
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"{name}: {origin!r} is not an origin (scheme://host[:port])"
+            )
+    return origins
 
 
 def _check_visibility(settings: Settings) -> Settings:
@@ -137,5 +167,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         delta_window_ms=_positive(
             env, "LLMQ_DELTA_WINDOW_MS", DEFAULT_DELTA_WINDOW_MS, allow_zero=True
         ),
+        cors_origins=_origins(env, "LLMQ_CORS_ORIGINS"),
     )
     return _check_visibility(settings)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from flask import Response, g
+from flask import Response, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
+from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 
 from common import readiness
@@ -25,6 +27,21 @@ from web.errors import register_error_handlers, validation_error_response
 from web.relay import drop_unfollowed
 from workers.celery_app import make_celery
 from workers.messages import TaskMessages
+
+#: Answer headers a page's script may read (API.md §1).
+CORS_EXPOSED_HEADERS = (
+    "X-Job-Id",
+    "X-Account-Balance",
+    "Retry-After",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+#: How long a browser may reuse a preflight's answer.
+CORS_MAX_AGE_SECONDS = 600
 
 
 class CompactJSONProvider(DefaultJSONProvider):
@@ -57,6 +74,41 @@ def _services(settings: Settings) -> Services:
     return Services(settings, client, jobs_service, keys)
 
 
+def _answer_preflight() -> Response | None:
+    """Answer ``OPTIONS`` before the blueprints' key checks run.
+
+    A browser's preflight never carries the key (nor any other header of the
+    request it asks about), so the key hooks would refuse it with 401. An
+    app-level hook runs before any blueprint's, and a response from it ends the
+    request, with the CORS headers still added on the way out.
+    """
+    rule = request.url_rule
+    if request.method == "OPTIONS" and getattr(
+        rule, "provide_automatic_options", False
+    ):
+        return current_app.make_default_options_response()
+    return None
+
+
+def _enable_cors(app: OpenAPI, origins: tuple[str, ...]) -> None:
+    """CORS on every route, for pages of ``origins`` (``*``: any page)."""
+    CORS(
+        app,
+        # flask-cors reads a string with a regex character (an IPv6 host's
+        # brackets) as a pattern matched by prefix: each origin is matched whole.
+        origins="*"
+        if origins == ("*",)
+        else [re.compile(re.escape(o) + r"\Z", re.IGNORECASE) for o in origins],
+        send_wildcard=True,  # for "*": the same answer for every page
+        expose_headers=list(CORS_EXPOSED_HEADERS),
+        max_age=CORS_MAX_AGE_SECONDS,
+        # allow_headers stays "*": a preflight's requested headers are reflected,
+        # so browser SDKs' own headers (OpenAI's x-stainless-*) pass too.
+        always_send=False,  # no Origin, no CORS headers: other clients see none
+    )
+    app.before_request(_answer_preflight)
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     """Build the web app; ``settings`` defaults to the environment's."""
     settings = settings or load_settings()
@@ -73,6 +125,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.json = CompactJSONProvider(app)
     app.extensions["llmq"] = _services(settings)
     register_error_handlers(app)
+    _enable_cors(app, settings.cors_origins)
     for surface in (health, chat, models, jobs, envelope, legacy, admin):
         app.register_api(surface.bp)
     app.cli.add_command(keys_cli)
