@@ -12,6 +12,7 @@ originals.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 
 from gevent.monkey import get_original
 from redis._parsers import hiredis as hiredis_parser
+
+log = logging.getLogger(__name__)
 
 _native_poll = get_original("select", "poll")
 
@@ -50,9 +53,15 @@ def zero_timeout_natively(cooperative: _Check) -> _Check:
 def install() -> None:
     """Answer redis-py's zero-timeout checks natively (idempotent).
 
-    Its function is replaced only where it is found, so an upgrade that renames it
-    leaves it as it was (tests/test_readiness.py notices).
+    Its function is replaced only where it is found: after an upgrade that
+    renames it, redis-py keeps its own (cooperative, slower, still correct), this
+    logs a warning, and tests/test_patched_internals.py fails.
     """
     current = getattr(hiredis_parser, "_socket_can_read", None)  # redis-py 8
-    if current is not None and not hasattr(current, "__wrapped__"):
+    if current is None:
+        log.warning(
+            "redis-py has no _socket_can_read to replace: its zero-timeout checks"
+            " stay cooperative (common/readiness.py must be re-checked)"
+        )
+    elif not hasattr(current, "__wrapped__"):
         hiredis_parser._socket_can_read = zero_timeout_natively(current)  # type: ignore[assignment]
