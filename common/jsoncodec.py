@@ -11,19 +11,29 @@ separators=(",", ":"))`` writes (a float may be spelled differently: ``1e16``, n
 surrogates) the standard library writes with ASCII escapes, which any UTF-8 reader
 takes; what orjson refuses to read (``NaN``, ``Infinity``, escaped lone surrogates)
 the standard library reads. So nothing the standard library took fails here.
-Request bodies are still read by the standard library (Flask's provider): orjson
-reads an integer beyond 64 bits as a float, and a client's number must reach
-validation as sent.
+Request bodies are read by ``loads_request``, the one parser every route uses
+(through Flask's JSON provider): the standard library's, since orjson reads an
+integer beyond 64 bits as a float and a client's number must reach validation as
+sent, held to strict JSON (no ``NaN``, ``Infinity`` or numbers too large for a
+float) and to ``MAX_REQUEST_DEPTH`` levels of nesting.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
 
+from common.errors import InvalidJSONError
+
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+#: Deepest nesting of arrays and objects a request body may have. A JSON schema
+#: in ``tools`` or ``response_format`` nests a few dozen levels at most; far
+#: deeper input only makes every later encoder and validator recurse.
+MAX_REQUEST_DEPTH = 128
+_TOO_DEEP = f"the body nests deeper than {MAX_REQUEST_DEPTH} levels"
 
 
 def dumps_bytes(value: Any) -> bytes:
@@ -45,3 +55,51 @@ def loads(data: str | bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidJSONError(f"the number {text[:40]} is too large")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidJSONError(f"{name} is not JSON")
+
+
+def _depth_at_most(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` arrays and objects deep.
+
+    Walked with a stack: recursion is what the check is there to avoid.
+    """
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return False
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return True
+
+
+def loads_request(data: str | bytes) -> Any:
+    """A request body's value, by the rules every route shares.
+
+    Raises:
+        InvalidJSONError: not JSON (or not UTF-8), ``NaN`` or ``Infinity``, a
+            number beyond a float's range, or nested beyond ``MAX_REQUEST_DEPTH``.
+    """
+    try:
+        value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise InvalidJSONError(_TOO_DEEP) from exc
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InvalidJSONError("the body is not valid JSON") from exc
+    text = data if isinstance(data, bytes) else data.encode()
+    # Only a body with that many brackets at all can nest that deep.
+    if text.count(b"[") + text.count(b"{") > MAX_REQUEST_DEPTH and not (
+        _depth_at_most(value, MAX_REQUEST_DEPTH)
+    ):
+        raise InvalidJSONError(_TOO_DEEP)
+    return value

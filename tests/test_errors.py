@@ -11,6 +11,7 @@ import pytest
 import redis
 import requests
 
+from common.jsoncodec import MAX_REQUEST_DEPTH
 from common.keys import owner_jobs_key
 from tests.conftest import ADMIN_KEY, Stack, chat_body
 
@@ -65,6 +66,18 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("stream a string", chat_body(stream="yes"), "invalid_params"),
 ]
 
+
+def raw_chat(field: bytes) -> bytes:
+    """A valid chat body's text with one more field spelled as given."""
+    return json.dumps(chat_body()).encode()[:-1] + b", " + field + b"}"
+
+
+def deep_chat(depth: int) -> bytes:
+    """A chat body whose provider extra nests ``depth`` arrays (the body itself
+    one level more)."""
+    return raw_chat(b'"extra": ' + b"[" * depth + b"]" * depth)
+
+
 RAW_BODIES = [
     ("not JSON", b"{'model': 1", "invalid_json"),
     ("truncated JSON", b'{"model": "fake-model", "messages": [', "invalid_json"),
@@ -72,6 +85,12 @@ RAW_BODIES = [
     ("a JSON string", b'"hello"', "invalid_json"),
     ("empty body", b"", "invalid_json"),
     ("not UTF-8", b"\xff\xfe{", "invalid_json"),
+    ("50,000 nested arrays", b"[" * 50_000 + b"]" * 50_000, "invalid_json"),
+    ("a chat body nesting too deep", deep_chat(MAX_REQUEST_DEPTH), "invalid_json"),
+    ("NaN", raw_chat(b'"temperature": NaN'), "invalid_json"),
+    ("Infinity", raw_chat(b'"seed": -Infinity'), "invalid_json"),
+    ("a float beyond range", raw_chat(b'"temperature": 1e400'), "invalid_json"),
+    ("an integer of 5,000 digits", raw_chat(b'"seed": ' + b"9" * 5000), "invalid_json"),
 ]
 
 
@@ -129,6 +148,18 @@ def test_malformed_json_is_400_invalid_json(
         timeout=10,
     )
     assert_error(resp, surface, 400, code)
+
+
+def test_a_body_nesting_to_the_limit_is_accepted(
+    stack: Stack, auth: dict[str, str]
+) -> None:
+    resp = requests.post(
+        f"{stack.url}/v1/jobs",
+        data=deep_chat(MAX_REQUEST_DEPTH - 1),
+        headers={**auth, "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert resp.status_code == 202, resp.text
 
 
 @pytest.mark.parametrize("chunked", [False, True])

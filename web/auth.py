@@ -40,10 +40,9 @@ def load_json_body() -> None:
     _refuse_a_cut_chunked_body(len(data))
     if request.mimetype.startswith("multipart/"):
         return
-    try:
-        body = request.get_json(force=True, silent=False)
-    except ValueError as exc:
-        raise InvalidJSONError("the body is not valid JSON") from exc
+    # The app's JSON provider (common.jsoncodec.loads_request) raises
+    # InvalidJSONError itself; the value is cached for validation and views.
+    body = request.get_json(force=True)
     if not isinstance(body, dict):
         raise InvalidJSONError("the body must be a JSON object")
 
