@@ -20,8 +20,6 @@ from bench.run import (
     ROOT,
     SCENARIOS,
     SMOKE,
-    WORKER_CONCURRENCY,
-    WORKERS,
     Result,
     Scenario,
     System,
@@ -37,7 +35,7 @@ def _measure(
 ) -> list[Result]:
     """``repeat`` llmq runs of ``scenario`` on a fresh llmq from ``root``."""
     workdir.mkdir()
-    system = System(workdir, WORKER_CONCURRENCY, WORKERS, root=root)
+    system = System(workdir, root=root)
     try:
         system.start()
         system.run(scenario, "llmq")  # warm-up: connections, caches, imports

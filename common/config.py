@@ -16,7 +16,9 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_ROOT / 'var' / 'llmq.sqlite3'}"
 DEFAULT_CATALOG_PATH = PROJECT_ROOT / "catalog.yaml"
 DEFAULT_PORT = 8000
-DEFAULT_WORKER_CONCURRENCY = 200
+#: Jobs in flight per worker process: a stream waiting on tokens costs a sleeping
+#: greenlet, so this is set high enough never to be what caps concurrent streams.
+DEFAULT_WORKER_CONCURRENCY = 1000
 #: How long job records and event logs live in Redis (7 days).
 DEFAULT_JOB_TTL_SECONDS = 7 * 24 * 3600
 #: Largest request body accepted (8 MiB).
@@ -55,6 +57,8 @@ class Settings:
     admin_key: str | None = field(default=None, repr=False)
     port: int = DEFAULT_PORT
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY
+    #: Worker processes the launcher starts; None: one per core.
+    worker_processes: int | None = None
     job_ttl_seconds: int = DEFAULT_JOB_TTL_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     sse_keepalive_seconds: float = DEFAULT_SSE_KEEPALIVE_SECONDS
@@ -144,6 +148,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         port=_positive_int(env, "PORT", DEFAULT_PORT),
         worker_concurrency=_positive_int(
             env, "LLMQ_WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY
+        ),
+        worker_processes=(
+            _positive_int(env, "LLMQ_WORKER_PROCESSES", 1)
+            if env.get("LLMQ_WORKER_PROCESSES")
+            else None
         ),
         job_ttl_seconds=_positive_int(
             env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS

@@ -338,7 +338,8 @@ def test_settings_defaults(catalog_path: Path) -> None:
     assert settings.database_url.startswith("sqlite:///")
     assert settings.admin_key is None
     assert settings.port == 8000
-    assert settings.worker_concurrency == 200
+    assert settings.worker_concurrency == 1000  # API.md §11
+    assert settings.worker_processes is None  # one per core
     assert settings.job_ttl_seconds == 604800
     assert settings.max_body_bytes == 8 * 1024 * 1024
     assert ids(settings.catalog.models) == {"chat", "local"}
@@ -353,6 +354,7 @@ def test_settings_read_from_environ(catalog_path: Path) -> None:
             "LLMQ_ADMIN_KEY": "admin-secret-xyz",
             "PORT": "9001",
             "LLMQ_WORKER_CONCURRENCY": "16",
+            "LLMQ_WORKER_PROCESSES": "3",
             "LLMQ_JOB_TTL_SECONDS": "3600",
             "LLMQ_MAX_BODY_BYTES": "1024",
             "UP_API_KEY": SECRET,
@@ -363,6 +365,7 @@ def test_settings_read_from_environ(catalog_path: Path) -> None:
     assert settings.admin_key == "admin-secret-xyz"
     assert settings.port == 9001
     assert settings.worker_concurrency == 16
+    assert settings.worker_processes == 3
     assert settings.job_ttl_seconds == 3600
     assert settings.max_body_bytes == 1024
     assert settings.catalog.providers["up"].enabled is True

@@ -1,0 +1,134 @@
+"""``python -m workers.launcher``: the Procfile's worker line, one Celery worker
+process per core.
+
+A worker process runs its jobs as greenlets on one core, so a machine's cores are
+used only by as many processes: the launcher starts ``LLMQ_WORKER_PROCESSES`` of
+them (default: the cores this process may run on), each with the gevent pool and
+``LLMQ_WORKER_CONCURRENCY`` jobs in flight (Celery reads it from the app's
+settings). Arguments after the module name go to every worker (``--loglevel
+DEBUG``). A worker that dies after it started is started again; one that dies
+within ``STARTUP_SECONDS`` stops the rest (a bad setting or an unreachable broker
+is no reason to loop). SIGTERM and SIGINT reach every worker once, as SIGTERM:
+Celery's warm shutdown, in which running jobs finish or go back to the queue
+(``LLMQ_WORKER_GRACE_SECONDS``); a terminal's Ctrl-C already sends the workers
+SIGINT themselves, and a second SIGINT would make Celery's shutdown cold.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from common.config import load_settings
+from common.queues import QUEUE_BULK, QUEUE_INTERACTIVE
+
+log = logging.getLogger("workers.launcher")
+
+#: A worker that exits sooner than this after its start is not started again.
+STARTUP_SECONDS = 5.0
+#: Pause before starting a worker again.
+RESTART_DELAY_SECONDS = 1.0
+
+
+def cores() -> int:
+    """Cores this process may run on (its CPU affinity, as a container sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_command(name: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Celery worker command line for worker ``name``."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--pool",
+        "gevent",
+        "--queues",
+        f"{QUEUE_INTERACTIVE},{QUEUE_BULK}",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"{name}@%h",
+        *extra,
+    ]
+
+
+class Launcher:
+    """Starts the worker processes, restarts the ones that die, stops them all."""
+
+    def __init__(self, count: int, extra: Sequence[str]) -> None:
+        self.count = count
+        self.extra = list(extra)
+        self.stopping = False
+        #: pid -> (worker number, start time)
+        self.workers: dict[int, tuple[int, float]] = {}
+
+    def start(self, number: int) -> None:
+        name = f"worker-{os.getpid()}-{number}"
+        proc = subprocess.Popen(worker_command(name, self.extra))
+        self.workers[proc.pid] = (number, time.monotonic())
+
+    def stop(self, signum: int, _frame: FrameType | None = None) -> None:
+        """Pass a stop signal on to every worker, once, as SIGTERM."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping %d worker(s) on signal %d", len(self.workers), signum)
+        for pid in self.workers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it has exited; wait() collects it
+
+    def run(self) -> int:
+        """Run until every worker has stopped; the exit status to leave with."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        for number in range(self.count):
+            self.start(number)
+        status = 0
+        while self.workers:
+            pid, code = os.wait()
+            number, started = self.workers.pop(pid)
+            exit_code = os.waitstatus_to_exitcode(code)
+            if self.stopping:
+                continue
+            if time.monotonic() - started < STARTUP_SECONDS:
+                log.error("worker %d exited at start (%d); stopping", number, exit_code)
+                status = exit_code or 1
+                self.stop(signal.SIGTERM)
+                continue
+            log.warning("worker %d exited (%d); starting it again", number, exit_code)
+            time.sleep(RESTART_DELAY_SECONDS)
+            if not self.stopping:
+                self.start(number)
+        return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the workers the settings ask for and supervise them."""
+    logging.basicConfig(level=logging.INFO, format="[launcher] %(message)s")
+    settings = load_settings()
+    count = settings.worker_processes or cores()
+    log.info(
+        "starting %d worker process(es), %d jobs in flight each",
+        count,
+        settings.worker_concurrency,
+    )
+    return Launcher(count, sys.argv[1:] if argv is None else argv).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
