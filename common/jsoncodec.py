@@ -83,6 +83,20 @@ def _depth_at_most(value: Any, limit: int) -> bool:
     return True
 
 
+def _text(data: str | bytes) -> str:
+    """``data`` decoded strictly, in the encoding ``json.loads`` would detect.
+
+    ``json.loads`` decodes bytes with ``surrogatepass``, so the bytes of a lone
+    surrogate (``ED A0 80``, which is not UTF-8) would reach validation as one.
+    """
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode(json.detect_encoding(data))
+    except UnicodeDecodeError as exc:
+        raise InvalidJSONError("the body is not UTF-8") from exc
+
+
 def loads_request(data: str | bytes) -> Any:
     """A request body's value, by the rules every route shares.
 
@@ -90,15 +104,15 @@ def loads_request(data: str | bytes) -> Any:
         InvalidJSONError: not JSON (or not UTF-8), ``NaN`` or ``Infinity``, a
             number beyond a float's range, or nested beyond ``MAX_REQUEST_DEPTH``.
     """
+    text = _text(data)
     try:
-        value = json.loads(data, parse_float=_finite, parse_constant=_no_constant)
+        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except RecursionError as exc:
         raise InvalidJSONError(_TOO_DEEP) from exc
-    except ValueError as exc:  # UnicodeDecodeError included
+    except ValueError as exc:
         raise InvalidJSONError("the body is not valid JSON") from exc
-    text = data if isinstance(data, bytes) else data.encode()
     # Only a body with that many brackets at all can nest that deep.
-    if text.count(b"[") + text.count(b"{") > MAX_REQUEST_DEPTH and not (
+    if text.count("[") + text.count("{") > MAX_REQUEST_DEPTH and not (
         _depth_at_most(value, MAX_REQUEST_DEPTH)
     ):
         raise InvalidJSONError(_TOO_DEEP)

@@ -85,6 +85,8 @@ RAW_BODIES = [
     ("a JSON string", b'"hello"', "invalid_json"),
     ("empty body", b"", "invalid_json"),
     ("not UTF-8", b"\xff\xfe{", "invalid_json"),
+    # json.loads reads these bytes as a lone surrogate; they are not UTF-8.
+    ("an encoded surrogate", raw_chat(b'"extra": "\xed\xa0\x80"'), "invalid_json"),
     ("50,000 nested arrays", b"[" * 50_000 + b"]" * 50_000, "invalid_json"),
     ("a chat body nesting too deep", deep_chat(MAX_REQUEST_DEPTH), "invalid_json"),
     ("NaN", raw_chat(b'"temperature": NaN'), "invalid_json"),
