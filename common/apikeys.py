@@ -158,6 +158,10 @@ class KeyStore:
         counter: the caller checks ``identity.generation`` in the write that
         relies on the key (``JobStore.create``) and calls ``recheck`` if stale.
         """
+        if not raw_key.isascii():
+            # Every key is ASCII; one from a JSON body may not even encode
+            # (a lone surrogate), so it is refused before it is hashed.
+            return None
         wanted = digest(raw_key)
         cached = self._cache.get(wanted)
         identity = cached if cached and not fresh else self._checked(wanted, cached)

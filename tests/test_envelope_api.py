@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import requests
 
 from tests.conftest import Stack, chat_body, sse_events
@@ -92,6 +93,20 @@ def test_key_may_come_in_the_body(stack: Stack, api_key: str) -> None:
         timeout=10,
     )
     assert resp.status_code == 200 and resp.json()["data"]["content"] == "tok0 "
+
+
+@pytest.mark.parametrize("route", ["/api/llm/chat", "/ai_api/llm"])
+def test_a_body_key_that_is_not_text_is_401(stack: Stack, route: str) -> None:
+    """A lone surrogate (valid JSON, no valid text) was hashed, and failed: a 500."""
+    body = {**chat_body(), "message": chat_body()["messages"], "api_key": "\ud800"}
+    resp = requests.post(
+        f"{stack.url}{route}",
+        data=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert resp.status_code == 401, resp.text
+    assert resp.json() == {"code": 401, "message": "invalid API key", "data": None}
 
 
 def test_body_key_is_not_accepted_on_openai_routes(stack: Stack, api_key: str) -> None:
