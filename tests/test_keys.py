@@ -19,6 +19,7 @@ import sqlalchemy
 
 from common.apikeys import KeyStore, digest
 from common.db import create_schema, make_engine
+from common.schemas import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from tests.conftest import (
     ADMIN_KEY,
     ROOT,
@@ -182,6 +183,48 @@ def test_admin_rejects_a_bad_key_request(stack: Stack) -> None:
         f"{stack.url}/admin/keys/key_missing", headers=ADMIN, timeout=10
     )
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"rpm": 2**63},  # beyond SQLite's INTEGER: was a 500
+        {"tpm": 2**31},  # beyond PostgreSQL's integer: was a 503
+        {"concurrency": 10**30},
+        {"balance": 999_999_999_999.9999},  # 10**12 to PostgreSQL: a 503
+        {"daily_free": 1e308},
+        {"expires_at": "9999-12-31T23:59:59-05:00"},  # no UTC time: was a 500
+        {"expires_at": "0001-01-01T00:00:00+05:00"},
+    ],
+    ids=str,
+)
+def test_admin_refuses_a_key_its_columns_cannot_hold(
+    stack: Stack, fields: dict[str, object]
+) -> None:
+    resp = requests.post(
+        f"{stack.url}/admin/keys",
+        json={"name": "too-big", **fields},
+        headers=ADMIN,
+        timeout=10,
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "invalid_params"
+    assert resp.json()["error"]["param"] == next(iter(fields))
+
+
+def test_a_key_at_the_request_bounds_fits_its_columns(store: KeyStore) -> None:
+    """What KeyCreateRequest admits the columns hold, on either database."""
+    most = {"rpm": KEY_LIMIT_MAX, "tpm": KEY_LIMIT_MAX, "concurrency": KEY_LIMIT_MAX}
+    row, _ = store.create(
+        "at-bounds",
+        balance=float(KEY_MONEY_MAX),
+        daily_free=float(KEY_MONEY_MAX),
+        expires_at=dt.datetime(9999, 12, 31, 23, 59, 59),
+        **most,
+    )
+    stored = store.get(row.id)
+    assert stored is not None and stored.balance == KEY_MONEY_MAX
+    assert stored.rpm == stored.tpm == stored.concurrency == KEY_LIMIT_MAX
 
 
 def _flask(env: dict[str, str], *args: str, app: str = "web") -> str:
