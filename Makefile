@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 
 # `make lint`: ruff and mypy strict, as STYLE.md asks.
-.PHONY: install lock run test lint bench ab clean
+.PHONY: install lock run test lint fuzz bench ab clean
 
 # Exactly the versions in requirements/dev.txt (the lock), then llmq itself.
 $(VENV)/.installed: requirements/dev.txt pyproject.toml
@@ -32,6 +32,11 @@ lint: install
 	$(VENV)/bin/ruff format --check common web workers tests bench
 	$(VENV)/bin/ruff check common web workers tests bench
 	$(VENV)/bin/mypy
+
+# `make fuzz`: the property-based fuzz of every JSON route with many more examples
+# (the "fuzz" profile; `make test` runs the "ci" profile's few).
+fuzz: install
+	$(VENV)/bin/python -m pytest tests/test_fuzz.py --hypothesis-profile=fuzz -q $(PYTEST_ARGS)
 
 # `make bench`: every API.md section 12 scenario, direct and through llmq (~3 min).
 bench: install

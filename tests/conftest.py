@@ -23,6 +23,8 @@ import openai
 import pytest
 import redis
 import requests
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "test-admin-key"
@@ -464,3 +466,28 @@ def sse_events(resp: requests.Response) -> Iterator[dict[str, str]]:
             event[name] = value.removeprefix(" ")
     if event:
         yield event
+
+
+#: Hypothesis profiles: "ci" (``make test``) runs few examples per property and keeps
+#: no database; "fuzz" (``make fuzz``) runs many and remembers failures in
+#: .hypothesis/. Chosen by ``--hypothesis-profile`` or LLMQ_FUZZ_PROFILE.
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,  # every example is a real HTTP call, some run a real job
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,  # the key is the test's, not the example's
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+    database=None,
+    print_blob=True,
+)
+settings.register_profile(
+    "fuzz",
+    settings.get_profile("ci"),
+    max_examples=2000,
+    database=DirectoryBasedExampleDatabase(ROOT / ".hypothesis" / "examples"),
+)
+settings.load_profile(os.environ.get("LLMQ_FUZZ_PROFILE", "ci"))
