@@ -25,7 +25,7 @@ from typing import cast
 
 import redis
 
-from common import keys
+from common.redis import keys
 
 #: Rates keep time in whole microseconds: a unit of a 100M-tpm limit is 0.6 µs,
 #: so milliseconds would need fractions, and Redis takes only integers (``PX``).

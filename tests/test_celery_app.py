@@ -10,8 +10,8 @@ import gevent
 from common.config import load_settings
 from tests.conftest import ROOT, RedisServer
 from workers import tasks  # noqa: F401  (sets the task log levels)
+from workers.broker.transport import Channel
 from workers.celery_app import make_celery
-from workers.transport import Channel
 
 
 def _app(redis_server: RedisServer):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import pytest
 import redis
 import requests
 
-from common import keys
+from common.redis import keys
 from tests.conftest import FAKE_PROVIDER_KEY, Stack, chat_body, wait_until
 
 HI = [{"role": "user", "content": "hi"}]

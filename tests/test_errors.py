@@ -12,7 +12,7 @@ import redis
 import requests
 
 from common.jsoncodec import MAX_REQUEST_DEPTH
-from common.keys import owner_jobs_key
+from common.redis.keys import owner_jobs_key
 from tests.conftest import ADMIN_KEY, Stack, chat_body
 
 MSG = [{"role": "user", "content": "hi"}]

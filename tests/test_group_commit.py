@@ -10,9 +10,9 @@ from typing import Any
 
 import redis
 
-from common import keys
-from common.groupcall import GroupCall
-from common.storage import JobStore, KeysChanged
+from common.jobs.store import JobStore, KeysChanged
+from common.redis import keys
+from common.redis.groupcall import GroupCall
 from tests.conftest import RedisServer, job_fields, wait_until
 
 #: How long Redis holds writes while the rest of a group gathers.

@@ -7,10 +7,10 @@ import logging
 import pytest
 import redis
 
-from common import keys
-from common.eventlog import Hub
-from common.redis_client import connect
-from common.storage import JobStore
+from common.jobs.events import Hub
+from common.jobs.store import JobStore
+from common.redis import keys
+from common.redis.client import connect
 from tests.conftest import RedisServer, job_fields, wait_until
 
 

@@ -17,8 +17,8 @@ import redis
 import requests
 import sqlalchemy
 
-from common.apikeys import KeyStore, digest
-from common.db import create_schema, make_engine
+from common.accounts.store import KeyStore, digest
+from common.db.engine import create_schema, make_engine
 from common.schemas import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from tests.conftest import (
     ADMIN_KEY,
@@ -303,7 +303,11 @@ def test_the_whole_stack_runs_on_postgresql(
         with engine.connect() as conn:
             count = conn.execute(
                 sqlalchemy.text("select count(*) from api_keys where key_hash = :h"),
-                {"h": __import__("common.apikeys", fromlist=["digest"]).digest(key)},
+                {
+                    "h": __import__(
+                        "common.accounts.store", fromlist=["digest"]
+                    ).digest(key)
+                },
             ).scalar()
         engine.dispose()
         assert count == 1
@@ -315,7 +319,7 @@ def test_the_whole_stack_runs_on_postgresql(
 
 _CREATE_AT_ONCE = """
 import sys, time
-from common.db import create_schema, make_engine
+from common.db.engine import create_schema, make_engine
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
 create_schema(make_engine(sys.argv[1]))

@@ -12,7 +12,7 @@ from kombu import serialization
 from kombu.transport import redis as kombu_redis
 from kombu.utils import json as kombu_json
 
-from workers import kombu_json as ours
+from workers.broker import kombu_json as ours
 
 ENVELOPE: dict[str, Any] = {
     "body": "W1siam9iX2FiYyJdLHt9LHsiY2FsbGJhY2tzIjpudWxsfV0=",

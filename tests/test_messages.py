@@ -11,9 +11,9 @@ import redis
 from common.config import load_settings
 from common.queues import TASK_RUN_JOB
 from tests.conftest import ROOT, RedisServer
+from workers.broker.messages import TaskMessages
+from workers.broker.transport import UNACKED_AT_SUBMIT
 from workers.celery_app import make_celery
-from workers.messages import TaskMessages
-from workers.transport import UNACKED_AT_SUBMIT
 
 #: Fields that differ between any two sends of the same task.
 _PER_SEND = {

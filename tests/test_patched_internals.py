@@ -20,7 +20,7 @@ from typing import NamedTuple
 import pytest
 from redis._parsers import hiredis as hiredis_parser
 
-from common import readiness
+from common.redis import socket_check
 
 #: Hex digits of a source's sha256 kept as its fingerprint.
 FINGERPRINT_DIGITS = 12
@@ -38,10 +38,10 @@ class Guard(NamedTuple):
 GUARDS = [
     Guard(
         "redis-py's hiredis parser",
-        "common/readiness.py",
+        "common/redis/socket_check.py",
         {
             "redis._parsers.hiredis": {
-                # Replaced by readiness.install(); can_read calls it by its global.
+                # Replaced by socket_check.install(); can_read calls it by its global.
                 "_socket_can_read": "cd3719f2aadd",
                 "_HiredisParser.can_read": "1b52df8889e2",
             },
@@ -51,7 +51,7 @@ GUARDS = [
     ),
     Guard(
         "redis-py's pub/sub",
-        "common/eventlog.py",
+        "common/jobs/events.py",
         {
             "redis.client": {
                 "PubSub.__init__": "16024b2a7ac0",
@@ -66,7 +66,7 @@ GUARDS = [
     ),
     Guard(
         "kombu's JSON serializer",
-        "workers/kombu_json.py",
+        "workers/broker/kombu_json.py",
         {
             # The decoder ours must agree with, and its hook.
             "kombu.utils.json": {
@@ -86,7 +86,7 @@ GUARDS = [
     ),
     Guard(
         "kombu's Redis transport",
-        "workers/transport.py",
+        "workers/broker/transport.py",
         {
             "kombu.transport.virtual.base": {
                 "QoS.append": "b388f0cd6485",
@@ -129,7 +129,7 @@ GUARDS = [
     ),
     Guard(
         "Celery's and kombu's message building",
-        "workers/messages.py",
+        "workers/broker/messages.py",
         {
             "celery.app.amqp": {"AMQP.as_task_v2": "5efb2a7a30d3"},
             "celery.app.base": {"Celery.thread_oid": "c72d66bcc3a3"},
@@ -240,15 +240,15 @@ GUARDS = [
 REPLACED = [
     (
         "redis-py's hiredis parser",
-        "common/readiness.py",
+        "common/redis/socket_check.py",
         "redis._parsers.hiredis:_socket_can_read",
-        {"redis._parsers.hiredis"},  # readiness wraps it (``__wrapped__``)
+        {"redis._parsers.hiredis"},  # socket_check wraps it (``__wrapped__``)
     ),
     (
         "kombu's Redis transport",
-        "workers/kombu_json.py",
+        "workers/broker/kombu_json.py",
         "kombu.transport.redis:loads",
-        {"kombu.utils.json", "workers.kombu_json"},
+        {"kombu.utils.json", "workers.broker.kombu_json"},
     ),
 ]
 
@@ -333,7 +333,7 @@ def test_an_install_with_nothing_to_replace_warns_instead_of_passing_silently(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delattr(hiredis_parser, "_socket_can_read", raising=False)
-    with caplog.at_level(logging.WARNING, logger=readiness.__name__):
-        readiness.install()
+    with caplog.at_level(logging.WARNING, logger=socket_check.__name__):
+        socket_check.install()
     assert "no _socket_can_read" in caplog.text
     assert not hasattr(hiredis_parser, "_socket_can_read")

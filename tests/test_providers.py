@@ -17,7 +17,6 @@ import gevent
 import pytest
 import requests
 
-from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig, SimulatedSpeed, Timeouts
 from common.completions import CompletionAccumulator
 from common.errors import (
@@ -27,6 +26,7 @@ from common.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
+from common.execution.cancel import CancelToken
 from common.providers.openai_compat import OpenAICompatProvider
 from common.providers.simulated import SimulatedProvider
 from common.tokens import estimate_prompt_tokens

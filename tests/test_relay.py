@@ -15,10 +15,10 @@ from typing import Any
 
 import redis
 
-from common import keys
-from common.eventlog import _parse_message
-from common.relay import DeltaBatcher, merge
-from common.storage import Append, JobRecord, JobStore, Transition, record_from
+from common.execution.deltas import DeltaBatcher, merge
+from common.jobs.events import _parse_message
+from common.jobs.store import Append, JobRecord, JobStore, Transition, record_from
+from common.redis import keys
 from tests.conftest import ROOT, RedisServer, job_fields
 
 
@@ -177,8 +177,8 @@ from gevent import monkey
 monkey.patch_all()
 import gevent
 
-from common.relay import DeltaBatcher
-from common.storage import Transition
+from common.execution.deltas import DeltaBatcher
+from common.jobs.store import Transition
 
 written = []
 

@@ -12,12 +12,12 @@ import redis
 from kombu import Consumer, Message, Queue
 
 from common.config import load_settings
+from common.jobs.store import JobStore, TaskMessage
 from common.queues import TASK_RUN_JOB
-from common.storage import JobStore, TaskMessage
 from tests.conftest import ROOT, RedisServer, Stack, job_fields
+from workers.broker.messages import TaskMessages
+from workers.broker.transport import settled, unacked_entry
 from workers.celery_app import LlmqCelery, make_celery
-from workers.messages import TaskMessages
-from workers.transport import settled, unacked_entry
 
 QUEUE = "test-transport"
 

@@ -10,23 +10,23 @@ from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 
-from common import readiness
-from common.apikeys import KeyStore
+from common.accounts.store import KeyStore
 from common.config import Settings, load_settings
-from common.db import create_schema, make_engine
-from common.eventlog import EventLog, Hub
-from common.jobs import JobService
+from common.db.engine import create_schema, make_engine
+from common.jobs.events import EventLog, Hub
+from common.jobs.service import JobService
+from common.jobs.store import JobStore
 from common.jsoncodec import dumps_bytes, loads_request
 from common.limits import Limiter
-from common.redis_client import connect
-from common.storage import JobStore
+from common.redis import socket_check
+from common.redis.client import connect
 from web import admin, chat, envelope, health, jobs, legacy, models
 from web.cli import keys_cli
 from web.context import Services
 from web.errors import register_error_handlers, validation_error_response
 from web.relay import drop_unfollowed
+from workers.broker.messages import TaskMessages
 from workers.celery_app import make_celery
-from workers.messages import TaskMessages
 
 #: Answer headers a page's script may read (API.md §1).
 CORS_EXPOSED_HEADERS = (
@@ -113,7 +113,7 @@ def _enable_cors(app: OpenAPI, origins: tuple[str, ...]) -> None:
 def create_app(settings: Settings | None = None) -> OpenAPI:
     """Build the web app; ``settings`` defaults to the environment's."""
     settings = settings or load_settings()
-    readiness.install()
+    socket_check.install()
     app = OpenAPI(
         __name__,
         info=Info(title="llmq", version="0.1.0"),

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from common.apikeys import KeyIdentity
+from common.accounts.store import KeyIdentity
 from common.errors import (
     ForbiddenError,
     InvalidJSONError,
@@ -68,7 +68,7 @@ def checked_by_submit(view: View) -> View:
 
     Its hook then trusts a cached key without reading the keys' generation
     counter; the script that stores the job compares it (one round trip fewer
-    per submit; a revoked key still fails at once, see common/apikeys.py).
+    per submit; a revoked key still fails at once, see common/accounts/store.py).
     """
     view.key_checked_by_submit = True  # type: ignore[attr-defined]
     return view

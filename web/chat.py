@@ -8,10 +8,10 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import usage_chunk
-from common.eventlog import Event
+from common.jobs.events import Event
+from common.jobs.store import JobRecord
 from common.jsoncodec import dumps_bytes, loads
 from common.schemas import ChatRequest, ProviderPath
-from common.storage import JobRecord
 from web import auth
 from web.context import services
 from web.relay import (

@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from common.apikeys import KeyStore
+from common.accounts.store import KeyStore
 
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import redis
 from flask import current_app
 
-from common.apikeys import KeyStore
+from common.accounts.store import KeyStore
 from common.config import Settings
-from common.jobs import JobService
+from common.jobs.service import JobService
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.catalog import ModelConfig
 from common.completions import delta_texts, reply_text
+from common.jobs.store import JobRecord
 from common.jsoncodec import dumps, loads
 from common.schemas import EnvelopeChatRequest
-from common.storage import JobRecord
 from web import auth
 from web.context import services
 from web.models import visible_models

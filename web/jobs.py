@@ -8,7 +8,7 @@ from flask import Response, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
 
 from common.errors import InvalidRequestError
-from common.eventlog import Event
+from common.jobs.events import Event
 from common.schemas import (
     EventsQuery,
     JobCreateRequest,

@@ -8,7 +8,7 @@ from flask import Response
 from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import delta_texts, reply_text
-from common.eventlog import Event
+from common.jobs.events import Event
 from common.jsoncodec import loads
 from common.schemas import LegacyChatRequest
 from web import auth

@@ -9,10 +9,10 @@ from typing import Any
 from flask import g, request
 
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
-from common.eventlog import Event
-from common.jobs import Submission, rate_limit_headers
+from common.jobs.events import Event
+from common.jobs.service import Submission, rate_limit_headers
+from common.jobs.store import CREATED_EVENT_ID, JobRecord
 from common.jsoncodec import loads
-from common.storage import CREATED_EVENT_ID, JobRecord
 from web import auth
 from web.context import services
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from flask import Response
 
-from common.eventlog import Event
+from common.jobs.events import Event
 
 KEEPALIVE = b": keepalive\n\n"
 DONE = b"data: [DONE]\n\n"

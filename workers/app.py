@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from common import readiness
-from workers import kombu_json
+from common.redis import socket_check
+from workers.broker import kombu_json
 from workers.celery_app import make_celery
 
-readiness.install()
+socket_check.install()
 kombu_json.install()
 app = make_celery()

@@ -10,7 +10,7 @@ from kombu import Queue
 
 from common.config import Settings, load_settings
 from common.queues import QUEUE_BULK, QUEUE_INTERACTIVE, TASK_RUN_JOB
-from workers.transport import Transport
+from workers.broker.transport import Transport
 
 #: Seconds a producer waits for the broker before the request answers 503.
 BROKER_CONNECT_TIMEOUT_SECONDS = 1.0
@@ -52,7 +52,7 @@ def make_celery(settings: Settings | None = None) -> LlmqCelery:
         broker_pool_limit=BROKER_POOL_LIMIT,
         broker_transport_options={
             # Tasks not started this long after their submit are delivered
-            # again (workers/transport.py); it outlasts any job.
+            # again (workers/broker/transport.py); it outlasts any job.
             "visibility_timeout": settings.visibility_timeout_seconds,
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
             "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,

@@ -9,16 +9,16 @@ from typing import Any
 from celery import current_app, shared_task
 from celery.signals import worker_ready, worker_shutting_down
 
-from common.cancel import CancelRegistry
+from common.execution.cancel import CancelRegistry
+from common.execution.runner import JobRunner
+from common.execution.supervisor import Supervisor
+from common.jobs.store import JobStore
 from common.limits import Limiter
 from common.queues import TASK_RUN_JOB
-from common.redis_client import connect
-from common.runner import JobRunner
-from common.storage import JobStore
-from common.supervisor import Supervisor
+from common.redis.client import connect
+from workers.broker.messages import TaskMessages
+from workers.broker.transport import settled, unacked_entry
 from workers.celery_app import LlmqCelery
-from workers.messages import TaskMessages
-from workers.transport import settled, unacked_entry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ def _on_shutdown(**_: Any) -> None:
 def run_job(self, job_id: str) -> None:  # type: ignore[no-untyped-def]
     """Run one job to a terminal state; safe to run again for the same id.
 
-    The job's start also acknowledges this task's message (see workers.transport).
+    The job's start also acknowledges this task's message (see
+    workers.broker.transport).
     """
     tag = (self.request.properties or {}).get("delivery_tag")
     unacked = unacked_entry(self.app.conf.broker_transport_options, tag)

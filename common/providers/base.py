@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from common.cancel import CancelToken
 from common.catalog import ModelConfig
+from common.execution.cancel import CancelToken
 
 
 class Provider(Protocol):

@@ -26,7 +26,6 @@ from geventhttpclient.response import (
 )
 from requests.utils import get_environ_proxies
 
-from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig, Timeouts
 from common.errors import (
     ProviderBadResponseError,
@@ -36,9 +35,10 @@ from common.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
+from common.execution.cancel import CancelToken
 from common.jsoncodec import dumps_bytes, loads
 from common.providers.sse import iter_sse
-from common.readiness import readable_now
+from common.redis.socket_check import readable_now
 
 #: Connections one process may have open to one provider at once (callers beyond
 #: it wait for one); the worker's concurrency bounds it long before.
@@ -70,7 +70,7 @@ class _Pool(ConnectionPool):
     """geventhttpclient's pool, with a connection handed out under the client's
     read timeout (a reused one would keep its last stream's idle timeout), and its
     check that an idle connection is still open on the OS's ``poll``
-    (``common.readiness``)."""
+    (``common.redis.socket_check``)."""
 
     def get_socket(self) -> gevent.socket.socket:
         sock = super().get_socket()

@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from common.cancel import CancelToken
 from common.catalog import ModelConfig, ProviderConfig
 from common.completions import usage_object
+from common.execution.cancel import CancelToken
 from common.tokens import estimate_prompt_tokens
 
 _WORDS = (

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common import cancel as reasons
-from common.cancel import CancelRegistry, CancelToken
 from common.catalog import Catalog, Limits, ModelConfig, RetryPolicy
 from common.completions import CompletionAccumulator
 from common.errors import (
@@ -27,13 +25,15 @@ from common.errors import (
     ProviderError,
     ProviderTimeoutError,
 )
-from common.jobs import finish_job
+from common.execution import cancel as reasons
+from common.execution.cancel import CancelRegistry, CancelToken
+from common.execution.deltas import DeltaBatcher
+from common.jobs.service import finish_job
+from common.jobs.store import JobRecord, JobStore, TaskMessage, Transition, Unacked, now
 from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
 from common.providers import build_provider
 from common.providers.base import Provider
-from common.relay import DeltaBatcher
-from common.storage import JobRecord, JobStore, TaskMessage, Transition, Unacked, now
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from common.storage import Unacked
+from common.jobs.store import Unacked
 
 #: Delivery tags whose unacked entry a job's start removed, until Celery acks them.
 _settled: set[str] = set()
@@ -106,7 +106,7 @@ class Channel(kombu_redis.Channel):
     prefetch limit lets in) from the first non-empty queue in kombu's priority
     order, oldest first, as BRPOP would one by one; submits that arrive
     together are then delivered together, and their starts share a round trip
-    (common/groupcall.py). An older Redis gets BRPOP as before.
+    (common/redis/groupcall.py). An older Redis gets BRPOP as before.
     """
 
     QoS = QoS

@@ -15,9 +15,9 @@ from typing import Any, cast
 
 import redis
 
-from common import keys
-from common.groupcall import GroupCall
 from common.jsoncodec import dumps, loads
+from common.redis import keys
+from common.redis.groupcall import GroupCall
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 #: Id of the ``queued`` event a job is created with (its log's first entry).
@@ -29,7 +29,7 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 MOST_PER_CALL = 64
 
 # A job's task message pushed on its broker list, with the entry kombu's Redis
-# QoS would write into its unacked set on delivery (see workers/transport.py).
+# QoS would write into its unacked set on delivery (see workers/broker/transport.py).
 _PUSH_TASK_FUNCTION = """
 local function push_task(list, unacked, index, message, tag, entry, at)
   redis.call('LPUSH', list, message)
@@ -548,7 +548,7 @@ class JobStore:
         self._renew = client.register_script(_RENEW)
         self._expired = client.register_script(_EXPIRED)
         # Creates, starts and transitions made at the same moment (hundreds of
-        # requests or runs in one process) share round trips: common/groupcall.py.
+        # requests or runs in one process) share round trips: common/redis/groupcall.py.
         self._creates = GroupCall(self._create_many, MOST_PER_CALL, "llmq-creates")
         self._starts = GroupCall(self.start_many, MOST_PER_CALL, "llmq-starts")
         self._transitions = GroupCall(self._steps, MOST_PER_CALL, "llmq-transitions")
@@ -568,9 +568,9 @@ class JobStore:
                 nothing is written.
             task: the task that runs the job, pushed in the same script so
                 neither exists without the other, with its unacked entry
-                already written (see workers/transport.py).
+                already written (see workers/broker/transport.py).
             key_generation: the API keys' generation counter the submitting
-                key was checked at (see common/apikeys.py); None: no check.
+                key was checked at (see common/accounts/store.py); None: no check.
 
         Raises:
             KeysChanged: the counter moved; nothing was written.

@@ -19,12 +19,12 @@ import time
 
 import redis
 
-from common import cancel as reasons
 from common.errors import ProviderTimeoutError, UnavailableError
-from common.jobs import finish_job
+from common.execution import cancel as reasons
+from common.execution.runner import JobRunner
+from common.jobs.service import finish_job
+from common.jobs.store import now
 from common.jsoncodec import dumps
-from common.runner import JobRunner
-from common.storage import now
 
 log = logging.getLogger(__name__)
 

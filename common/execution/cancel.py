@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import redis
 
-from common import keys
+from common.redis import keys
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 import redis
 from gevent import monkey
 
+from common.jobs.store import Append, JobRecord, Transition
 from common.jsoncodec import dumps
-from common.storage import Append, JobRecord, Transition
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from typing import Any
 
 from redis._parsers import hiredis as hiredis_parser
 
-from common import readiness
+from common.redis import socket_check
 
 
 def test_redis_pys_check_is_replaced_once() -> None:
-    readiness.install()
-    readiness.install()
+    socket_check.install()
+    socket_check.install()
     check = hiredis_parser._socket_can_read
     # If an upgrade renames the function, this says the lever is gone.
     assert check.__qualname__.startswith("zero_timeout_natively")
@@ -21,10 +21,10 @@ def test_redis_pys_check_is_replaced_once() -> None:
 
 
 def test_zero_timeout_reports_data_and_a_closed_peer() -> None:
-    readiness.install()
+    socket_check.install()
     for check in (
         hiredis_parser._socket_can_read,
-        lambda sock, _: readiness.readable_now(sock),
+        lambda sock, _: socket_check.readable_now(sock),
     ):
         ours, theirs = socket.socketpair()
         try:
@@ -46,7 +46,7 @@ def test_waits_with_a_timeout_stay_with_the_original() -> None:
         calls.append(timeout)
         return True
 
-    check = readiness.zero_timeout_natively(cooperative)
+    check = socket_check.zero_timeout_natively(cooperative)
     ours, theirs = socket.socketpair()
     try:
         assert check(ours, 0.5) is True

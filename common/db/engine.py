@@ -1,4 +1,4 @@
-"""The relational database: engine setup and the declarative base."""
+"""The relational database's engine, and creating its schema."""
 
 from __future__ import annotations
 
@@ -9,16 +9,13 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.orm import DeclarativeBase
+
+from common.db.base import Base
 
 #: Tries at creating the schema while other processes create it too.
 SCHEMA_ATTEMPTS = 5
 #: Seconds to wait for a database connection before answering 503.
 CONNECT_TIMEOUT_SECONDS = 2
-
-
-class Base(DeclarativeBase):
-    """Base of every table."""
 
 
 def normalize_url(url: str) -> str:
@@ -59,7 +56,8 @@ def create_schema(engine: Engine) -> None:
     table between our check and our CREATE, ours fails with "already exists"
     (or SQLite is briefly locked); checking again then finds the table.
     """
-    from common import apikeys  # noqa: F401  registers the tables on Base
+    # Registers the tables on Base; imported here, since they import the base.
+    from common.accounts import store  # noqa: F401
 
     for attempt in range(SCHEMA_ATTEMPTS):
         try:

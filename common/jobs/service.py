@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.apikeys import KeyIdentity, KeyStore
+from common.accounts.store import KeyIdentity, KeyStore
 from common.catalog import Catalog, ModelConfig
 from common.errors import (
     ConflictError,
@@ -21,13 +21,8 @@ from common.errors import (
     RateLimitedError,
     UnauthorizedError,
 )
-from common.eventlog import Event, EventLog
-from common.jsoncodec import dumps
-from common.keys import idempotency_key
-from common.limits import Admission, Limiter, Rate
-from common.queues import Priority
-from common.schemas import ChatRequest
-from common.storage import (
+from common.jobs.events import Event, EventLog
+from common.jobs.store import (
     JobRecord,
     JobStore,
     KeysChanged,
@@ -36,6 +31,11 @@ from common.storage import (
     now,
     record_from,
 )
+from common.jsoncodec import dumps
+from common.limits import Admission, Limiter, Rate
+from common.queues import Priority
+from common.redis.keys import idempotency_key
+from common.schemas import ChatRequest
 from common.tokens import estimate_request_tokens
 
 #: Longest a key's concurrency slot is held without its job ending (a backstop).

@@ -7,8 +7,8 @@ import time
 
 import redis
 
-from common import keys
-from common.storage import JobStore, TaskMessage
+from common.jobs.store import JobStore, TaskMessage
+from common.redis import keys
 from tests.conftest import RedisServer, job_fields
 
 

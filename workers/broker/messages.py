@@ -14,7 +14,7 @@ there first.
 
 Each message also comes with the entry kombu's Redis QoS would write into its
 unacked set on delivery, so the submit writes it instead (see
-workers/transport.py), and with a property saying so.
+workers/broker/transport.py), and with a property saying so.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from kombu.transport.virtual import Channel
 
 from common import jsoncodec
 from common.errors import UnavailableError
+from common.jobs.store import TaskMessage
 from common.queues import TASK_RUN_JOB
-from common.storage import TaskMessage
-from workers.transport import UNACKED_AT_SUBMIT, unacked_keys
+from workers.broker.transport import UNACKED_AT_SUBMIT, unacked_keys
 
 #: kombu's code for a message that survives a broker restart (Celery's default).
 PERSISTENT_DELIVERY_MODE = 2

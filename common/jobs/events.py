@@ -22,7 +22,7 @@ from typing import Any, cast
 
 import redis
 
-from common import keys
+from common.redis import keys
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ def install() -> None:
     if current is None:
         log.warning(
             "redis-py has no _socket_can_read to replace: its zero-timeout checks"
-            " stay cooperative (common/readiness.py must be re-checked)"
+            " stay cooperative (common/redis/socket_check.py must be re-checked)"
         )
     elif not hasattr(current, "__wrapped__"):
         hiredis_parser._socket_can_read = zero_timeout_natively(current)  # type: ignore[assignment]

@@ -24,8 +24,8 @@ import redis
 from sqlalchemy import JSON, DateTime, Engine, Integer, Numeric, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from common.db import Base
-from common.keys import KEYS_GENERATION_KEY
+from common.db.base import Base
+from common.redis.keys import KEYS_GENERATION_KEY
 
 KEY_PREFIX = "llmq-"
 

@@ -1,0 +1,1 @@
+"""Accounts: API keys (their table, store and cache); billing lands here too."""

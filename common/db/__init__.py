@@ -1,0 +1,1 @@
+"""The relational database: the declarative base and the engine."""

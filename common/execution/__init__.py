@@ -1,0 +1,1 @@
+"""Running a job in a worker: the runner, its delta writer, supervisor, cancel."""
