@@ -25,7 +25,7 @@ from typing import cast
 
 import redis
 
-from common.redis import keys
+from common.redis import keys, scripts
 
 #: Rates keep time in whole microseconds: a unit of a 100M-tpm limit is 0.6 µs,
 #: so milliseconds would need fractions, and Redis takes only integers (``PX``).
@@ -33,109 +33,6 @@ US_PER_SECOND = 1_000_000
 US_PER_MINUTE = 60 * US_PER_SECOND
 #: Seconds of provider tpm that may be spent at once.
 TPM_BURST_SECONDS = 6
-
-# What the rate scripts share: Redis's clock in µs, and writing a TAT. A TAT in µs
-# (~1.8e15) is exact in Lua's doubles, but Lua would hand it to Redis as text
-# with 14 significant digits, hence '%.0f'; its expiry is whole ms.
-_RATE_LIB = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function set_tat(key, tat)
-  redis.call('SET', key, string.format('%.0f', tat),
-             'PX', math.floor((tat - now) / 1000) + 1000)
-end
-"""
-
-# KEYS: rate keys. ARGV: per key (cost µs, tolerance µs).
-# Reserves every limit at once; returns the µs to wait before going.
-_RESERVE = (
-    _RATE_LIB
-    + """
-local start = now
-for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local ready = tat - tonumber(ARGV[i * 2])
-  if ready > start then start = ready end
-end
-for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < start then tat = start end
-  set_tat(KEYS[i], tat + tonumber(ARGV[i * 2 - 1]))
-end
-return start - now
-"""
-)
-
-# KEYS: rate keys. ARGV: per key (cost µs, window µs).
-# Admits only if every limit has room in its window; returns
-# {admitted, wait µs, then per key: µs until its TAT is back at now}.
-_ADMIT = (
-    _RATE_LIB
-    + """
-local wait, tats = 0, {}
-for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local new = tat + tonumber(ARGV[i * 2 - 1])
-  local over = new - now - tonumber(ARGV[i * 2])
-  if over > wait then wait = over end
-  tats[i] = new
-end
-local out = {wait > 0 and 0 or 1, wait}
-for i = 1, #KEYS do
-  if wait <= 0 then
-    set_tat(KEYS[i], tats[i])
-    out[#out + 1] = tats[i] - now
-  else
-    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-    out[#out + 1] = math.max(0, tat - now)
-  end
-end
-return out
-"""
-)
-
-# KEYS: one rate key. ARGV: µs to add (may be negative).
-_SETTLE = (
-    _RATE_LIB
-    + """
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) + tonumber(ARGV[1])
-if tat <= now then redis.call('DEL', KEYS[1]) return 0 end
-set_tat(KEYS[1], tat)
-return tat - now
-"""
-)
-
-# KEYS: slot sets. ARGV: holder, hold ms, then one limit per key.
-# Takes a slot in every set or none; returns 1 if taken.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-  if not redis.call('ZSCORE', KEYS[i], ARGV[1])
-     and redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 2]) then
-    return 0
-  end
-end
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2]) * 2)
-end
-return 1
-"""
-
-# KEYS: slot sets. ARGV: holder, hold ms. Renews the holder where it holds.
-_RENEW_SLOTS = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2]) * 2)
-end
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -175,11 +72,11 @@ class Limiter:
 
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
-        self._reserve = client.register_script(_RESERVE)
-        self._admit = client.register_script(_ADMIT)
-        self._settle = client.register_script(_SETTLE)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW_SLOTS)
+        self._reserve = scripts.register(client, "reserve_rates")
+        self._admit = scripts.register(client, "admit_rates")
+        self._settle = scripts.register(client, "settle_rate")
+        self._acquire = scripts.register(client, "acquire_slots")
+        self._renew = scripts.register(client, "renew_slots")
 
     def reserve(self, rates: Sequence[tuple[Rate, int]]) -> float:
         """Reserve ``(rate, units)`` on every limit; return seconds to wait first."""

@@ -7,7 +7,8 @@ import time
 
 import redis
 
-from common.jobs.store import JobStore, TaskMessage
+from common.jobs.model import TaskMessage
+from common.jobs.store import JobStore
 from common.redis import keys
 from tests.conftest import RedisServer, job_fields
 

@@ -17,7 +17,8 @@ import redis
 
 from common.execution.deltas import DeltaBatcher, merge
 from common.jobs.events import _parse_message
-from common.jobs.store import Append, JobRecord, JobStore, Transition, record_from
+from common.jobs.model import JobRecord, Transition, record_from
+from common.jobs.store import Append, JobStore
 from common.redis import keys
 from tests.conftest import ROOT, RedisServer, job_fields
 
@@ -178,7 +179,7 @@ monkey.patch_all()
 import gevent
 
 from common.execution.deltas import DeltaBatcher
-from common.jobs.store import Transition
+from common.jobs.model import Transition
 
 written = []
 

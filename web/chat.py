@@ -9,7 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import usage_chunk
 from common.jobs.events import Event
-from common.jobs.store import JobRecord
+from common.jobs.model import JobRecord
 from common.jsoncodec import dumps_bytes, loads
 from common.schemas import ChatRequest, ProviderPath
 from web import auth

@@ -15,7 +15,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.catalog import ModelConfig
 from common.completions import delta_texts, reply_text
-from common.jobs.store import JobRecord
+from common.jobs.model import JobRecord
 from common.jsoncodec import dumps, loads
 from common.schemas import EnvelopeChatRequest
 from web import auth

@@ -10,8 +10,9 @@ from flask import g, request
 
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
 from common.jobs.events import Event
+from common.jobs.model import JobRecord
 from common.jobs.service import Submission, rate_limit_headers
-from common.jobs.store import CREATED_EVENT_ID, JobRecord
+from common.jobs.store import CREATED_EVENT_ID
 from common.jsoncodec import loads
 from web import auth
 from web.context import services

@@ -23,7 +23,8 @@ from typing import Any
 import redis
 from gevent import monkey
 
-from common.jobs.store import Append, JobRecord, Transition
+from common.jobs.model import JobRecord, Transition
+from common.jobs.store import Append
 from common.jsoncodec import dumps
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,9 @@ from common.errors import (
 from common.execution import cancel as reasons
 from common.execution.cancel import CancelRegistry, CancelToken
 from common.execution.deltas import DeltaBatcher
-from common.jobs.service import finish_job
-from common.jobs.store import JobRecord, JobStore, TaskMessage, Transition, Unacked, now
+from common.jobs.lifecycle import finish_job
+from common.jobs.model import JobRecord, TaskMessage, Transition, Unacked, now
+from common.jobs.store import JobStore
 from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
 from common.providers import build_provider

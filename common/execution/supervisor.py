@@ -22,8 +22,8 @@ import redis
 from common.errors import ProviderTimeoutError, UnavailableError
 from common.execution import cancel as reasons
 from common.execution.runner import JobRunner
-from common.jobs.service import finish_job
-from common.jobs.store import now
+from common.jobs.lifecycle import finish_job
+from common.jobs.model import now
 from common.jsoncodec import dumps
 
 log = logging.getLogger(__name__)

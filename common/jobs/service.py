@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import queue
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +21,9 @@ from common.errors import (
     UnauthorizedError,
 )
 from common.jobs.events import Event, EventLog
-from common.jobs.store import (
-    JobRecord,
-    JobStore,
-    KeysChanged,
-    TaskMessage,
-    Transition,
-    now,
-    record_from,
-)
+from common.jobs.lifecycle import finish_job, job_object, key_slot
+from common.jobs.model import JobRecord, TaskMessage, now, record_from
+from common.jobs.store import JobStore, KeysChanged
 from common.jsoncodec import dumps
 from common.limits import Admission, Limiter, Rate
 from common.queues import Priority
@@ -67,29 +60,6 @@ def resolve_model(
     return model
 
 
-def job_object(job: JobRecord, queue_position: int | None = None) -> dict[str, Any]:
-    """The public job object of API.md section 5."""
-    obj: dict[str, Any] = {
-        "id": job.id,
-        "object": "job",
-        "status": job.status,
-        "model": job.model,
-        "provider": job.provider,
-        "priority": job.priority,
-        "created_at": int(job.created_at),
-        "started_at": int(job.started_at) if job.started_at else None,
-        "finished_at": int(job.finished_at) if job.finished_at else None,
-        "attempts": job.attempts,
-        "result": job.result,
-        "error": job.error,
-        "usage": job.usage,
-        "metadata": job.metadata,
-    }
-    if job.status == "queued":
-        obj["queue_position"] = queue_position
-    return obj
-
-
 def key_rates(caller: KeyIdentity, tokens: int) -> list[tuple[Rate, int]]:
     """The per-key rate limits a request of ``tokens`` tokens counts against."""
     rates = []
@@ -98,48 +68,6 @@ def key_rates(caller: KeyIdentity, tokens: int) -> list[tuple[Rate, int]]:
     if caller.tpm:
         rates.append((Rate(key_slot(caller.id), "tpm", caller.tpm), tokens))
     return rates
-
-
-def key_slot(owner: str) -> str:
-    """The limit scope of one API key (its rates, and a slot per unfinished job)."""
-    return f"key:{owner}"
-
-
-def finish_job(
-    store: JobStore,
-    limiter: Limiter,
-    job: JobRecord,
-    status: str,
-    *,
-    expected: tuple[str, ...],
-    fields: dict[str, Any] | None = None,
-    events: Sequence[tuple[str, str]] = (),
-    lease: tuple[str, str] | None = None,
-) -> tuple[JobRecord, Transition]:
-    """Move ``job`` to a terminal ``status``, appending ``events`` then ``done``.
-
-    The ``done`` event carries the final job object, so a follower needs no
-    second read. Applied only if the job is still in one of ``expected`` (and,
-    with ``lease``, only under that lease op).
-    """
-    final = dataclasses.replace(job, status=status, finished_at=now(), **(fields or {}))
-    changes = {"status": status, "finished_at": final.finished_at, **(fields or {})}
-    done = store.transition(
-        job,
-        expected=expected,
-        fields=changes,
-        events=[*events, ("done", dumps(job_object(final)))],
-        lease=lease,
-        refresh_ttl=True,
-    )
-    if done.applied:
-        if job.key_slot:
-            limiter.release_slots(job.id, [key_slot(job.owner)])
-        if job.key_tpm and job.tpm_estimate:
-            used = int((final.usage or {}).get("total_tokens", 0))
-            rate = Rate(key_slot(job.owner), "tpm", job.key_tpm)
-            limiter.settle(rate, used - job.tpm_estimate)
-    return final, done
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from kombu.transport.virtual import Channel
 
 from common import jsoncodec
 from common.errors import UnavailableError
-from common.jobs.store import TaskMessage
+from common.jobs.model import TaskMessage
 from common.queues import TASK_RUN_JOB
 from workers.broker.transport import UNACKED_AT_SUBMIT, unacked_keys
 

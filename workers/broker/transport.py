@@ -44,7 +44,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 
-from common.jobs.store import Unacked
+from common.jobs.model import Unacked
 
 #: Delivery tags whose unacked entry a job's start removed, until Celery acks them.
 _settled: set[str] = set()

@@ -1,0 +1,140 @@
+"""The job as stored: its record, what a transition did, its task message, and
+the record's codec (the fields of its Redis hash), and the clock of its times."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from common.jsoncodec import dumps, loads
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+#: Record fields kept as JSON text.
+_JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
+
+
+#: A broker message's unacknowledged entry: (hash key, index zset key, delivery tag).
+Unacked = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """The Celery task that runs a job, as the Redis broker keeps it.
+
+    ``payload`` is pushed on the list ``queue``; ``unacked_value`` is what kombu
+    stores under the message's delivery tag in its unacked set (``unacked``)
+    until the message is acknowledged, and what it pushes back if that never
+    happens within the visibility timeout.
+    """
+
+    queue: str
+    payload: str
+    unacked: Unacked
+    unacked_value: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: what the worker needs and what clients are shown."""
+
+    id: str
+    owner: str
+    status: str
+    model: str
+    provider: str
+    priority: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    deadline_at: float | None
+    attempts: int
+    request: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    metadata: dict[str, Any] | None
+    cancel_requested: bool
+    key_tpm: int | None = None
+    tpm_estimate: int | None = None
+    key_slot: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a transition script did."""
+
+    applied: bool
+    status: str
+    cancel_requested: bool
+    lease_lost: bool = False
+
+
+def decode_transition(reply: list[Any]) -> Transition:
+    """What a transition script's reply says (lua/lib_transition.lua)."""
+    applied, status, _last_id, cancel, lost = reply
+    return Transition(
+        applied=bool(applied),
+        status=status.decode() if isinstance(status, bytes) else str(status),
+        cancel_requested=cancel in (b"1", "1"),
+        lease_lost=bool(lost),
+    )
+
+
+def decode_record(raw: dict[bytes, bytes]) -> JobRecord:
+    """The record a job's Redis hash holds."""
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+
+    def num(name: str) -> float | None:
+        return float(f[name]) if f.get(name) else None
+
+    loaded = {name: loads(f[name]) if f.get(name) else None for name in _JSON_FIELDS}
+    return JobRecord(
+        id=f["id"],
+        owner=f["owner"],
+        status=f["status"],
+        model=f["model"],
+        provider=f["provider"],
+        priority=f["priority"],
+        created_at=float(f["created_at"]),
+        started_at=num("started_at"),
+        finished_at=num("finished_at"),
+        deadline_at=num("deadline_at"),
+        attempts=int(f.get("attempts") or 0),
+        request=loaded["request"] or {},
+        result=loaded["result"],
+        error=loaded["error"],
+        usage=loaded["usage"],
+        metadata=loaded["metadata"],
+        cancel_requested=f.get("cancel") == "1",
+        key_tpm=int(f["key_tpm"]) if f.get("key_tpm") else None,
+        tpm_estimate=int(f["tpm_estimate"]) if f.get("tpm_estimate") else None,
+        key_slot=f.get("key_slot") == "1",
+    )
+
+
+def encode_fields(fields: dict[str, Any]) -> list[str]:
+    """Flatten a field mapping for HSET: JSON for structures, text for scalars."""
+    flat: list[str] = []
+    for name, value in fields.items():
+        if name in _JSON_FIELDS:
+            value = dumps(value)
+        flat += [name, "" if value is None else str(value)]
+    return flat
+
+
+def record_from(fields: dict[str, Any]) -> JobRecord:
+    """The record that storing ``fields`` writes, without reading it back."""
+    flat = encode_fields(fields)
+    return decode_record(
+        {k.encode(): v.encode() for k, v in zip(flat[::2], flat[1::2], strict=True)}
+    )
+
+
+def now() -> float:
+    """Wall-clock seconds; job timestamps are Unix epoch seconds."""
+    return time.time()
