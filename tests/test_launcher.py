@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -46,10 +47,12 @@ def celery_workers(launcher: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return [p for p in shell.children() if "celery" in " ".join(p.cmdline())]
 
 
-def start_launcher(
+@contextlib.contextmanager
+def launched(
     stack: Stack, logdir: Path, name: str, **env: str
-) -> tuple[subprocess.Popen[bytes], Path]:
-    """The Procfile's worker line, as honcho and docker-compose run it."""
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The Procfile's worker line, as honcho and docker-compose run it; stopped
+    after, with any worker it leaves killed (the test's Redis goes next)."""
     log = logdir / f"{name}.log"
     path = f"{Path(bin_path('python')).parent}:{os.environ.get('PATH', '')}"
     proc = start_process(
@@ -57,7 +60,16 @@ def start_launcher(
         {**stack.env, "PATH": path, **env},
         log,
     )
-    return proc, log
+    try:
+        yield proc, log
+    finally:
+        left = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left = psutil.Process(proc.pid).children(recursive=True)
+        stop_process(proc)
+        for worker in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
 
 
 def wait_ready(log: Path, count: int) -> None:
@@ -82,8 +94,7 @@ def bare(
 def test_the_worker_line_starts_one_worker_per_core_with_the_default_slots(
     bare: Stack, logdir: Path
 ) -> None:
-    launcher, log = start_launcher(bare, logdir, "launch-cores")
-    try:
+    with launched(bare, logdir, "launch-cores") as (launcher, log):
         wait_ready(log, cores())
         text = log.read_text()
         assert f"starting {cores()} worker process(es)" in text
@@ -91,8 +102,6 @@ def test_the_worker_line_starts_one_worker_per_core_with_the_default_slots(
         assert banners == [str(DEFAULT_WORKER_CONCURRENCY)] * cores()
         assert DEFAULT_WORKER_CONCURRENCY == 1000
         assert len(celery_workers(launcher)) == cores()
-    finally:
-        stop_process(launcher)
 
 
 def test_300_streams_reach_the_upstream_at_once_through_one_worker_process(
@@ -100,10 +109,10 @@ def test_300_streams_reach_the_upstream_at_once_through_one_worker_process(
 ) -> None:
     """As shipped, only 200 went upstream at a time and the rest waited for a
     slot with the CPU idle; a job waiting for a slot shows its queue_position."""
-    launcher, log = start_launcher(
-        bare, logdir, "launch-one", LLMQ_WORKER_PROCESSES="1"
-    )
-    try:
+    with launched(bare, logdir, "launch-one", LLMQ_WORKER_PROCESSES="1") as (
+        launcher,
+        log,
+    ):
         wait_ready(log, 1)
         auth = {"Authorization": f"Bearer {bare.key()}"}
         tag = uuid.uuid4().hex
@@ -134,21 +143,18 @@ def test_300_streams_reach_the_upstream_at_once_through_one_worker_process(
             for job_id in ids
         ]
         assert done == ["succeeded"] * STREAMS
-    finally:
-        stop_process(launcher)
 
 
 def test_a_job_waiting_for_a_slot_shows_its_queue_position(
     bare: Stack, logdir: Path
 ) -> None:
-    launcher, log = start_launcher(
+    with launched(
         bare,
         logdir,
         "launch-narrow",
         LLMQ_WORKER_PROCESSES="1",
         LLMQ_WORKER_CONCURRENCY="2",
-    )
-    try:
+    ) as (launcher, log):
         wait_ready(log, 1)
         auth = {"Authorization": f"Bearer {bare.key()}"}
         body = chat_body(fake={"tokens": 2, "first_delay": 3})
@@ -174,17 +180,15 @@ def test_a_job_waiting_for_a_slot_shows_its_queue_position(
         running = wait_until(two_running, 10, "the first two jobs to take both slots")
         assert [j["status"] for j in running[2:]] == ["queued", "queued"]
         assert [j["queue_position"] for j in running[2:]] == [1, 2]
-    finally:
-        stop_process(launcher)
 
 
 def test_sigterm_stops_every_worker_and_a_killed_one_is_started_again(
     bare: Stack, logdir: Path
 ) -> None:
-    launcher, log = start_launcher(
-        bare, logdir, "launch-restart", LLMQ_WORKER_PROCESSES="2"
-    )
-    try:
+    with launched(bare, logdir, "launch-restart", LLMQ_WORKER_PROCESSES="2") as (
+        launcher,
+        log,
+    ):
         wait_ready(log, 2)
         first, second = celery_workers(launcher)
         wait_until(
@@ -200,5 +204,16 @@ def test_sigterm_stops_every_worker_and_a_killed_one_is_started_again(
         assert launcher.wait(60) == 0
         for worker in workers:
             assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
-    finally:
-        stop_process(launcher)
+
+
+def test_a_killed_launcher_leaves_no_worker_behind(bare: Stack, logdir: Path) -> None:
+    with launched(bare, logdir, "launch-killed", LLMQ_WORKER_PROCESSES="1") as (
+        launcher,
+        log,
+    ):
+        wait_ready(log, 1)
+        [worker] = celery_workers(launcher)
+        launcher.kill()
+        launcher.wait(5)
+        psutil.wait_procs([worker], timeout=START_TIMEOUT_SECONDS)
+        assert not worker.is_running(), "the worker outlived its killed launcher"

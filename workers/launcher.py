@@ -16,6 +16,7 @@ SIGINT themselves, and a second SIGINT would make Celery's shutdown cold.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +35,8 @@ log = logging.getLogger("workers.launcher")
 STARTUP_SECONDS = 5.0
 #: Pause before starting a worker again.
 RESTART_DELAY_SECONDS = 1.0
+#: prctl option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
 def cores() -> int:
@@ -42,6 +45,15 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _die_with_parent() -> None:
+    """In a worker (Linux): receive SIGTERM when the launcher dies, even killed,
+    so no worker is left behind it (PR_SET_PDEATHSIG)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: a killed launcher leaves its workers to the supervisor
 
 
 def worker_command(name: str, extra: Sequence[str] = ()) -> list[str]:
@@ -77,7 +89,9 @@ class Launcher:
 
     def start(self, number: int) -> None:
         name = f"worker-{os.getpid()}-{number}"
-        proc = subprocess.Popen(worker_command(name, self.extra))
+        proc = subprocess.Popen(
+            worker_command(name, self.extra), preexec_fn=_die_with_parent
+        )
         self.workers[proc.pid] = (number, time.monotonic())
 
     def stop(self, signum: int, _frame: FrameType | None = None) -> None:
