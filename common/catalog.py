@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from enum import IntEnum
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,13 @@ DEFAULT_TOTAL_TIMEOUT_SECONDS = 600.0
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BASE_SECONDS = 0.5
 DEFAULT_RETRY_MAX_SECONDS = 20.0
+
+
+class ModelType(IntEnum):
+    """A model's type, as seed 001's listing numbers it."""
+
+    #: A language (chat) model: the only type the chat routes serve.
+    LANGUAGE = 0
 
 
 class CatalogError(ValueError):
@@ -103,7 +111,7 @@ class ModelConfig(_Strict):
     upstream_model: str | None = None
     name: str | None = None
     description: str = ""
-    type: int = 0
+    type: int = ModelType.LANGUAGE  # other numbers are other kinds of model
     tags: list[str] = []
     featured: bool = False
     context_length: int | None = Field(default=None, ge=1)

@@ -9,7 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import usage_chunk
 from common.jobs.events import Event
-from common.jobs.model import JobRecord
+from common.jobs.model import EventType, JobRecord
 from common.jsoncodec import dumps_bytes, loads
 from common.schemas import ChatRequest, ProviderPath
 from web import auth
@@ -63,12 +63,12 @@ def _relay(
     for event in events:
         if event is None:
             yield KEEPALIVE
-        elif event.type == "delta":
+        elif event.type == EventType.DELTA:
             yield data_line(event.data)
-        elif event.type == "error":
+        elif event.type == EventType.ERROR:
             yield data_line(dumps_bytes({"error": loads(event.data)}))
             return
-        elif event.type == "done":
+        elif event.type == EventType.DONE:
             # The done event carries the whole reply: parse it only for its usage.
             usage = loads(event.data).get("usage") if include_usage else None
             if usage:

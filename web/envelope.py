@@ -15,7 +15,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.catalog import ModelConfig
 from common.completions import delta_texts, reply_text
-from common.jobs.model import JobRecord
+from common.jobs.model import EventType, JobRecord
 from common.jsoncodec import dumps, loads
 from common.schemas import EnvelopeChatRequest
 from web import auth
@@ -107,11 +107,11 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
     for event in events:
         if event is None:
             yield KEEPALIVE
-        elif event.type == "delta":
+        elif event.type == EventType.DELTA:
             for text in delta_texts(loads(event.data)):
                 piece = {"content": text, "finish_reason": None}
                 yield data_line(dumps(piece).encode())
-        elif event.type == "error":
+        elif event.type == EventType.ERROR:
             error = loads(event.data)
             status = 504 if error.get("code") == "timeout" else 502
             yield data_line(
@@ -120,7 +120,7 @@ def _relay(job: JobRecord, events: Iterator[Any]) -> Iterator[bytes]:
                 ).encode()
             )
             return
-        elif event.type == "done":
+        elif event.type == EventType.DONE:
             final = loads(event.data)
             last = {
                 "content": "",

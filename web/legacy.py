@@ -9,6 +9,7 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from common.completions import delta_texts, reply_text
 from common.jobs.events import Event
+from common.jobs.model import EventType
 from common.jsoncodec import loads
 from common.schemas import LegacyChatRequest
 from web import auth
@@ -53,8 +54,8 @@ def _text(events: Iterator[Event | None]) -> Iterator[bytes]:
     for event in events:
         if event is None:
             continue
-        if event.type == "delta":
+        if event.type == EventType.DELTA:
             for text in delta_texts(loads(event.data)):
                 yield text.encode()
-        elif event.type in ("error", "done"):
+        elif event.type in (EventType.ERROR, EventType.DONE):
             return

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from common.catalog import ModelConfig
+from common.catalog import ModelConfig, ModelType
 from common.errors import InvalidModelError
 from common.schemas import ProviderPath
 from web import auth
@@ -43,7 +43,7 @@ def visible_models(provider: str | None = None) -> list[ModelConfig]:
     return [
         m
         for m in catalog.enabled_models(provider)
-        if m.type == 0 and (allowed is None or m.id in allowed)
+        if m.type == ModelType.LANGUAGE and (allowed is None or m.id in allowed)
     ]
 
 

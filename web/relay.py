@@ -10,7 +10,7 @@ from flask import g, request
 
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
 from common.jobs.events import Event
-from common.jobs.model import JobRecord
+from common.jobs.model import EventType, JobRecord, JobStatus
 from common.jobs.service import Submission, rate_limit_headers
 from common.jobs.store import CREATED_EVENT_ID
 from common.jsoncodec import loads
@@ -20,7 +20,7 @@ from web.context import services
 #: Longest a non-streaming request holds for its job before answering 504.
 RESULT_WAIT_SECONDS = 900.0
 #: Events that end the wait for a stream's first output.
-_FIRST_OUTPUT = frozenset({"delta", "error", "done"})
+_FIRST_OUTPUT = frozenset({EventType.DELTA, EventType.ERROR, EventType.DONE})
 #: Longest a stream's response is held back waiting for its first output, so a
 #: job that fails during its retries still gets a proper HTTP error status.
 FIRST_OUTPUT_WAIT_SECONDS = 30.0
@@ -61,11 +61,11 @@ def await_result(job: JobRecord) -> dict[str, Any]:
     """
     give_up = time.monotonic() + RESULT_WAIT_SECONDS
     for event in _follow(job):
-        if event is not None and event.type == "done":
+        if event is not None and event.type == EventType.DONE:
             final: dict[str, Any] = loads(event.data)
-            if final["status"] == "failed":
+            if final["status"] == JobStatus.FAILED:
                 raise GatewayError.from_dict(final.get("error") or {})
-            if final["status"] == "cancelled":
+            if final["status"] == JobStatus.CANCELLED:
                 raise JobCancelledError(f"job {job.id} was cancelled")
             return final
         if time.monotonic() > give_up:
@@ -91,7 +91,7 @@ def follow_from_first_output(job: JobRecord) -> Iterator[Event | None]:
             head.append(None)
             break
     last = head[-1] if head else None
-    if last is not None and last.type == "error":
+    if last is not None and last.type == EventType.ERROR:
         raise GatewayError.from_dict(loads(last.data))
 
     def chained() -> Iterator[Event | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from enum import StrEnum
 
 import redis
 
@@ -21,14 +22,17 @@ log = logging.getLogger(__name__)
 LISTENER_RETRY_SECONDS = 1.0
 
 
-#: Why a run was stopped: the client cancelled it, another run took its lease,
-#: it passed its deadline, or its worker is shutting down.
-CANCELLED, LEASE_LOST, DEADLINE, SHUTDOWN = (
-    "cancelled",
-    "lease_lost",
-    "deadline",
-    "shutdown",
-)
+class StopReason(StrEnum):
+    """Why a run was stopped."""
+
+    #: The client cancelled it.
+    CANCELLED = "cancelled"
+    #: Another run took its lease.
+    LEASE_LOST = "lease_lost"
+    #: It passed its deadline.
+    DEADLINE = "deadline"
+    #: Its worker is shutting down.
+    SHUTDOWN = "shutdown"
 
 
 class CancelToken:
@@ -38,7 +42,7 @@ class CancelToken:
         self._event = threading.Event()
         self._callbacks: list[Callable[[], object]] = []
         self._lock = threading.Lock()
-        self.reason: str | None = None
+        self.reason: StopReason | None = None
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -55,7 +59,7 @@ class CancelToken:
                 return
         callback()
 
-    def cancel(self, reason: str = CANCELLED) -> None:
+    def cancel(self, reason: StopReason = StopReason.CANCELLED) -> None:
         """Trip the token (the first reason wins) and run its callbacks once."""
         with self._lock:
             if self._event.is_set():

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from gevent import monkey
 
-from common.jobs.model import JobRecord, Transition
+from common.jobs.model import EventType, JobRecord, Transition
 from common.jobs.store import Append
 from common.jsoncodec import dumps
 
@@ -181,7 +181,7 @@ class DeltaBatcher:
                             run.job,
                             run.token,
                             fields,
-                            [("delta", dumps(c)) for c in chunks],
+                            [(EventType.DELTA, dumps(c)) for c in chunks],
                         )
                         for run, chunks, fields in batch
                     ]

@@ -25,11 +25,19 @@ from common.errors import (
     ProviderError,
     ProviderTimeoutError,
 )
-from common.execution import cancel as reasons
-from common.execution.cancel import CancelRegistry, CancelToken
+from common.execution.cancel import CancelRegistry, CancelToken, StopReason
 from common.execution.deltas import DeltaBatcher
 from common.jobs.lifecycle import finish_job
-from common.jobs.model import JobRecord, TaskMessage, Transition, Unacked, now
+from common.jobs.model import (
+    EventType,
+    JobRecord,
+    JobStatus,
+    LeaseOp,
+    TaskMessage,
+    Transition,
+    Unacked,
+    now,
+)
 from common.jobs.store import JobStore
 from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
@@ -163,7 +171,7 @@ class JobRunner:
         with self._lock:
             self.active[job.id] = run
         if moved.cancel_requested:
-            run.cancel.cancel(reasons.CANCELLED)
+            run.cancel.cancel(StopReason.CANCELLED)
         return job, run
 
     def _execute(self, job: JobRecord, run: Run, model: ModelConfig) -> Outcome:
@@ -176,7 +184,7 @@ class JobRunner:
                     job,
                     run,
                     {
-                        "status": "running",
+                        "status": JobStatus.RUNNING,
                         "reset": True,
                         "fallback": candidate.id,
                         "error": outcome.error.code if outcome.error else None,
@@ -209,7 +217,7 @@ class JobRunner:
                     job,
                     run,
                     {
-                        "status": "running",
+                        "status": JobStatus.RUNNING,
                         "retry": retry + 1,
                         "error": exc.code,
                         "delay": round(delay, 3),
@@ -244,7 +252,7 @@ class JobRunner:
                 if run.cancel.is_set():
                     return
         finally:
-            run.unsent += [("delta", dumps(chunk)) for chunk in deltas.detach()]
+            run.unsent += [(EventType.DELTA, dumps(chunk)) for chunk in deltas.detach()]
             self.limiter.release_slots(run.token, run.slot_scopes)
             run.slot_scopes = []
             used = acc.final_usage(prompt)["total_tokens"] if acc.chunks else 0
@@ -286,7 +294,7 @@ class JobRunner:
                 job,
                 run,
                 {
-                    "status": "running",
+                    "status": JobStatus.RUNNING,
                     "waiting": "rate_limit",
                     "seconds": round(wait, 3),
                 },
@@ -302,7 +310,7 @@ class JobRunner:
         while not self.limiter.acquire_slots(run.token, slots, self.lease_seconds):
             if not announced:
                 self._announce(
-                    job, run, {"status": "running", "waiting": "concurrency"}
+                    job, run, {"status": JobStatus.RUNNING, "waiting": "concurrency"}
                 )
                 announced = True
             if run.cancel.wait(pause * random.uniform(0.5, 1.5)):
@@ -316,7 +324,7 @@ class JobRunner:
         return [m for m in found if m is not None]
 
     def _announce(self, job: JobRecord, run: Run, status: dict[str, Any]) -> None:
-        self._append(job, run, [("status", dumps(status))])
+        self._append(job, run, [(EventType.STATUS, dumps(status))])
 
     def _append(self, job: JobRecord, run: Run, events: list[tuple[str, str]]) -> None:
         fields = dict(run.unsaved)
@@ -327,7 +335,7 @@ class JobRunner:
                 job,
                 fields=fields,
                 events=run.take_unsent(events),
-                lease=("hold", run.token),
+                lease=(LeaseOp.HOLD, run.token),
             ),
         )
 
@@ -335,62 +343,69 @@ class JobRunner:
     def _note(run: Run, written: Transition) -> None:
         """Stop the run if a write found its lease lost or a cancel requested."""
         if written.lease_lost:
-            run.cancel.cancel(reasons.LEASE_LOST)
+            run.cancel.cancel(StopReason.LEASE_LOST)
         elif written.cancel_requested:
-            run.cancel.cancel(reasons.CANCELLED)
+            run.cancel.cancel(StopReason.CANCELLED)
 
     def _conclude(self, job: JobRecord, run: Run, outcome: Outcome) -> None:
         reason = run.cancel.reason if run.cancel.is_set() else None
-        if reason == reasons.LEASE_LOST:
+        if reason == StopReason.LEASE_LOST:
             log.warning("job %s: lease lost; leaving it to its new owner", job.id)
             return
-        if reason == reasons.SHUTDOWN:
+        if reason == StopReason.SHUTDOWN:
             self._requeue(job, run)
             return
         job = dataclasses.replace(job, attempts=run.attempts, provider=run.provider)
         acc, error = outcome.acc, outcome.error
-        status = "succeeded"
-        if reason == reasons.DEADLINE:
+        status = JobStatus.SUCCEEDED
+        if reason == StopReason.DEADLINE:
             status, error = (
-                "failed",
+                JobStatus.FAILED,
                 ProviderTimeoutError(f"job {job.id} passed its deadline"),
             )
-        elif reason == reasons.CANCELLED:
-            status, error = "cancelled", None
+        elif reason == StopReason.CANCELLED:
+            status, error = JobStatus.CANCELLED, None
         elif error is not None:
-            status = "failed"
+            status = JobStatus.FAILED
             log.info("job %s failed: %s", job.id, error.code)
         usage = acc.final_usage(estimate_prompt_tokens(job.request.get("messages", [])))
         fields: dict[str, Any] = {**run.unsaved, "usage": usage}
-        if status == "succeeded" or acc.chunks:
+        if status == JobStatus.SUCCEEDED or acc.chunks:
             fields["result"] = acc.completion(usage)
         events = run.take_unsent([])
         if error is not None:
             fields["error"] = error.to_dict()
-            events.append(("error", dumps(error.to_dict())))
-        elif status == "cancelled":
-            events.append(("status", dumps({"status": "cancelled"})))
+            events.append((EventType.ERROR, dumps(error.to_dict())))
+        elif status == JobStatus.CANCELLED:
+            events.append((EventType.STATUS, dumps({"status": JobStatus.CANCELLED})))
         finish_job(
             self.store,
             self.limiter,
             job,
             status,
-            expected=("running",),
+            expected=(JobStatus.RUNNING,),
             fields=fields,
             events=events,
-            lease=("drop", run.token),
+            lease=(LeaseOp.DROP, run.token),
         )
 
     def _requeue(self, job: JobRecord, run: Run) -> None:
         """Hand an unfinished job back to the queue (its worker is stopping)."""
         moved = self.store.transition(
             job,
-            expected=("running",),
-            fields={**run.unsaved, "status": "queued"},
+            expected=(JobStatus.RUNNING,),
+            fields={**run.unsaved, "status": JobStatus.QUEUED},
             events=run.take_unsent(
-                [("status", dumps({"status": "queued", "reason": "worker shutdown"}))]
+                [
+                    (
+                        EventType.STATUS,
+                        dumps(
+                            {"status": JobStatus.QUEUED, "reason": "worker shutdown"}
+                        ),
+                    )
+                ]
             ),
-            lease=("drop", run.token),
+            lease=(LeaseOp.DROP, run.token),
             task=self.task_for(job.id, job.priority),
         )
         if moved.applied:

@@ -20,10 +20,10 @@ import time
 import redis
 
 from common.errors import ProviderTimeoutError, UnavailableError
-from common.execution import cancel as reasons
+from common.execution.cancel import StopReason
 from common.execution.runner import JobRunner
 from common.jobs.lifecycle import finish_job
-from common.jobs.model import now
+from common.jobs.model import EventType, JobStatus, LeaseOp, now
 from common.jsoncodec import dumps
 
 log = logging.getLogger(__name__)
@@ -60,18 +60,18 @@ class Supervisor:
         runner = self.runner
         for run in list(runner.active.values()):
             if not runner.store.renew(run.job_id, run.token, runner.lease_seconds):
-                run.cancel.cancel(reasons.LEASE_LOST)
+                run.cancel.cancel(StopReason.LEASE_LOST)
                 continue
             runner.limiter.renew_slots(run.token, run.slot_scopes, runner.lease_seconds)
             if now() > run.deadline:
-                run.cancel.cancel(reasons.DEADLINE)
+                run.cancel.cancel(StopReason.DEADLINE)
 
     def reap(self) -> None:
         """Requeue (or time out) running jobs whose worker stopped renewing them."""
         store = self.runner.store
         for job_id in store.expired_leases():
             job = store.get(job_id)
-            if job is None or job.status != "running":
+            if job is None or job.status != JobStatus.RUNNING:
                 store.forget_running(job_id)
                 continue
             if job.deadline_at and now() > job.deadline_at:
@@ -80,21 +80,24 @@ class Supervisor:
                     store,
                     self.runner.limiter,
                     job,
-                    "failed",
-                    expected=("running",),
+                    JobStatus.FAILED,
+                    expected=(JobStatus.RUNNING,),
                     fields={"error": error.to_dict()},
-                    events=[("error", dumps(error.to_dict()))],
-                    lease=("orphan", ""),
+                    events=[(EventType.ERROR, dumps(error.to_dict()))],
+                    lease=(LeaseOp.ORPHAN, ""),
                 )
                 continue
             moved = store.transition(
                 job,
-                expected=("running",),
-                fields={"status": "queued"},
+                expected=(JobStatus.RUNNING,),
+                fields={"status": JobStatus.QUEUED},
                 events=[
-                    ("status", dumps({"status": "queued", "reason": "worker lost"}))
+                    (
+                        EventType.STATUS,
+                        dumps({"status": JobStatus.QUEUED, "reason": "worker lost"}),
+                    )
                 ],
-                lease=("orphan", ""),
+                lease=(LeaseOp.ORPHAN, ""),
                 task=self.runner.task_for(job.id, job.priority),
             )
             if moved.applied:
@@ -108,7 +111,7 @@ class Supervisor:
             while self.runner.active and time.monotonic() < deadline:
                 time.sleep(0.1)
             for run in list(self.runner.active.values()):
-                run.cancel.cancel(reasons.SHUTDOWN)
+                run.cancel.cancel(StopReason.SHUTDOWN)
 
         # Celery calls this from its signal handler, which under gevent can run on
         # the event loop itself, where nothing may wait: ``Thread.start`` waits

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import redis
 
+from common.jobs.model import EventType
 from common.redis import keys
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ class EventLog:
                 for event in batch:
                     yield event
                     last = event.id
-                    if event.type == "done":
+                    if event.type == EventType.DONE:
                         return
                 if len(batch) == READ_BATCH_EVENTS:
                     continue
@@ -264,7 +265,7 @@ class EventLog:
                         return
                     yield None
                 last, outcome = yield from self._live(inbox, last, idle_seconds)
-                if outcome == "done":
+                if outcome == EventType.DONE:
                     return
                 idle = outcome == "idle"
         finally:
@@ -286,5 +287,5 @@ class EventLog:
                 return last, "gap"
             yield event
             last = event.id
-            if event.type == "done":
-                return last, "done"
+            if event.type == EventType.DONE:
+                return last, EventType.DONE

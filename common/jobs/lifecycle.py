@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from common.jobs.model import JobRecord, Transition, now
+from common.jobs.model import EventType, JobRecord, JobStatus, Transition, now
 from common.jobs.store import JobStore
 from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
@@ -32,7 +32,7 @@ def job_object(job: JobRecord, queue_position: int | None = None) -> dict[str, A
         "usage": job.usage,
         "metadata": job.metadata,
     }
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         obj["queue_position"] = queue_position
     return obj
 
@@ -65,7 +65,7 @@ def finish_job(
         job,
         expected=expected,
         fields=changes,
-        events=[*events, ("done", dumps(job_object(final)))],
+        events=[*events, (EventType.DONE, dumps(job_object(final)))],
         lease=lease,
         refresh_ttl=True,
     )

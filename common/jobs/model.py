@@ -5,11 +5,49 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from common.jsoncodec import dumps, loads
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+class JobStatus(StrEnum):
+    """Where a job is: ``queued`` -> ``running`` -> one of the terminal three."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+class EventType(StrEnum):
+    """The kinds of event in a job's log (API.md section 5)."""
+
+    STATUS = "status"
+    DELTA = "delta"
+    ERROR = "error"
+    DONE = "done"
+
+
+class LeaseOp(StrEnum):
+    """What a write does with the run's lease (lua/lib_transition.lua)."""
+
+    #: Own the lease unless another run holds it.
+    TAKE = "take"
+    #: Apply only while owning it.
+    HOLD = "hold"
+    #: Like hold, then release it.
+    DROP = "drop"
+    #: Apply only while nobody holds it (its worker died); forget it was running.
+    ORPHAN = "orphan"
+
+
 #: Record fields kept as JSON text.
 _JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
 

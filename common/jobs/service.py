@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.accounts.store import KeyIdentity, KeyStore
-from common.catalog import Catalog, ModelConfig
+from common.catalog import Catalog, ModelConfig, ModelType
 from common.errors import (
     ConflictError,
     ForbiddenError,
@@ -22,7 +22,14 @@ from common.errors import (
 )
 from common.jobs.events import Event, EventLog
 from common.jobs.lifecycle import finish_job, job_object, key_slot
-from common.jobs.model import JobRecord, TaskMessage, now, record_from
+from common.jobs.model import (
+    EventType,
+    JobRecord,
+    JobStatus,
+    TaskMessage,
+    now,
+    record_from,
+)
 from common.jobs.store import JobStore, KeysChanged
 from common.jsoncodec import dumps
 from common.limits import Admission, Limiter, Rate
@@ -53,7 +60,7 @@ def resolve_model(
         if config is None or not config.enabled:
             raise InvalidModelError(f"unknown provider {provider!r}", param="provider")
     model = catalog.find_model(model_id, provider)
-    if model is None or model.type != 0:
+    if model is None or model.type != ModelType.LANGUAGE:
         raise InvalidModelError(f"unknown model {model_id!r}", param="model")
     if caller.models is not None and model.id not in caller.models:
         raise ForbiddenError(f"this key may not use model {model_id!r}", param="model")
@@ -161,7 +168,7 @@ class JobService:
         fields = {
             "id": job_id,
             "owner": caller.id,
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "model": model.id,
             "provider": model.provider,
             "priority": priority,
@@ -249,7 +256,9 @@ class JobService:
 
     def view(self, job: JobRecord) -> dict[str, Any]:
         """The job object, with its queue position while queued."""
-        position = self.store.queue_position(job) if job.status == "queued" else None
+        position = (
+            self.store.queue_position(job) if job.status == JobStatus.QUEUED else None
+        )
         return job_object(job, position)
 
     def wait(self, job: JobRecord, seconds: float) -> JobRecord:
@@ -260,7 +269,11 @@ class JobService:
         if latest.terminal:
             return latest
         for event in self.events.follow(job.id, after, idle_seconds=max(0.05, seconds)):
-            if event is None or event.type == "done" or time.monotonic() >= deadline:
+            if (
+                event is None
+                or event.type == EventType.DONE
+                or time.monotonic() >= deadline
+            ):
                 break
         return self.store.get(job.id) or latest
 
@@ -284,7 +297,7 @@ class JobService:
     def cancel(self, caller: KeyIdentity, job_id: str) -> JobRecord:
         """Cancel a job: a queued one ends at once, a running one is signalled."""
         job = self.get(caller, job_id)
-        if job.status == "queued":
+        if job.status == JobStatus.QUEUED:
             cancelled = self._cancel_queued(job)
             if cancelled is not None:
                 return cancelled
@@ -297,9 +310,9 @@ class JobService:
             self.store,
             self.limiter,
             job,
-            "cancelled",
-            expected=("queued",),
-            events=[("status", dumps({"status": "cancelled"}))],
+            JobStatus.CANCELLED,
+            expected=(JobStatus.QUEUED,),
+            events=[(EventType.STATUS, dumps({"status": JobStatus.CANCELLED}))],
         )
         return final if done.applied else None
 
