@@ -26,7 +26,10 @@ Retryability is the class attribute ``retryable``; workers never inspect message
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from common.limits import Admission
 
 #: OpenAI's error ``type`` for each HTTP status we answer.
 _OPENAI_TYPES: dict[int, str] = {
@@ -117,6 +120,9 @@ class NotFoundError(GatewayError):
 
 
 class RateLimitedError(GatewayError):
+    """A key's limit is used up; ``admission`` is its state, for the answer's
+    ``x-ratelimit-*`` headers (written by the web)."""
+
     code = "rate_limited"
     status = 429
 
@@ -125,12 +131,12 @@ class RateLimitedError(GatewayError):
         message: str,
         *,
         retry_after: float,
-        headers: dict[str, str] | None = None,
+        admission: Admission | None = None,
         param: str | None = None,
     ) -> None:
         super().__init__(message, param=param)
         self.retry_after = retry_after
-        self.headers = headers or {}
+        self.admission = admission
 
 
 class ConflictError(GatewayError):

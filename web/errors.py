@@ -10,7 +10,7 @@ import logging
 import math
 
 import redis
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from kombu.exceptions import OperationalError as BrokerError
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -27,6 +27,7 @@ from common.errors import (
     UnavailableError,
 )
 from common.schemas import to_gateway_error
+from web.ratelimit import rate_limit_headers
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def register_error_handlers(app: Flask) -> None:
         response = error_response(exc)
         if isinstance(exc, RateLimitedError):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-            response.headers.update(exc.headers)
+            caller = g.get("caller")
+            if caller is not None and exc.admission is not None:
+                response.headers.update(rate_limit_headers(caller, exc.admission))
         return response
 
     @app.errorhandler(HTTPException)

@@ -11,11 +11,12 @@ from flask import g, request
 from common.errors import GatewayError, JobCancelledError, ProviderTimeoutError
 from common.jobs.events import Event
 from common.jobs.model import EventType, JobRecord, JobStatus
-from common.jobs.service import Submission, rate_limit_headers
+from common.jobs.service import Submission
 from common.jobs.store import CREATED_EVENT_ID
 from common.jsoncodec import loads
 from web import auth
 from web.context import services
+from web.ratelimit import rate_limit_headers
 
 #: Longest a non-streaming request holds for its job before answering 504.
 RESULT_WAIT_SECONDS = 900.0

@@ -87,30 +87,6 @@ class Submission:
     inbox: queue.SimpleQueue[Event] | None = None
 
 
-def rate_limit_headers(caller: KeyIdentity, admission: Admission) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers for a key's limits."""
-    headers = {}
-    for unit, limit, name in (
-        ("rpm", caller.rpm, "requests"),
-        ("tpm", caller.tpm, "tokens"),
-    ):
-        if limit and unit in admission.remaining:
-            headers[f"x-ratelimit-limit-{name}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{name}"] = str(admission.remaining[unit])
-            headers[f"x-ratelimit-reset-{name}"] = duration(
-                admission.reset_seconds[unit]
-            )
-    return headers
-
-
-def duration(seconds: float) -> str:
-    """A duration as OpenAI writes it in rate-limit headers: 20ms, 1.5s, 6m0s."""
-    if seconds < 1:
-        return f"{int(seconds * 1000)}ms"
-    minutes, rest = divmod(round(seconds, 3), 60)
-    return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
-
-
 class JobService:
     """The job machinery as the web front end sees it."""
 
@@ -163,7 +139,7 @@ class JobService:
             raise RateLimitedError(
                 f"this key already has {caller.concurrency} unfinished jobs",
                 retry_after=1,
-                headers=rate_limit_headers(caller, admission),
+                admission=admission,
             )
         fields = {
             "id": job_id,
@@ -231,7 +207,7 @@ class JobService:
                 "rate limit reached for this key; retry after "
                 f"{admission.retry_after_seconds:.1f} s",
                 retry_after=admission.retry_after_seconds,
-                headers=rate_limit_headers(caller, admission),
+                admission=admission,
             )
         return admission
 
