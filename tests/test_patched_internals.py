@@ -197,7 +197,7 @@ GUARDS = [
     ),
     Guard(
         "geventhttpclient",
-        "common/providers/openai_compat.py",
+        "common/providers/http_client.py",
         {
             # Builds the _connection_pool whose __class__ _client swaps.
             "geventhttpclient.client": {

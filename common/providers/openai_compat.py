@@ -1,9 +1,7 @@
 """The ``openai`` kind: any OpenAI-compatible ``/chat/completions`` over HTTP.
 
-Calls go through geventhttpclient, keep-alive connections reused: its C parser
-and gevent-native sockets take about a third of the CPU per call that urllib3 and
-http.client did (bench/RESULTS.md), and a request's head and body leave in one
-write. This module is the one place that catches HTTP client errors;
+Calls go through ``common.providers.http_client`` (geventhttpclient), keep-alive
+connections reused. This module is the one place that catches HTTP client errors;
 each becomes the matching ``ProviderError`` (with ``from exc``). Keys never enter
 messages.
 """
@@ -13,18 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-import gevent.socket
-import gevent.ssl
 from geventhttpclient import HTTPClient
-from geventhttpclient.connectionpool import ConnectionPool, SSLConnectionPool
 from geventhttpclient.response import (
-    HTTPConnectionClosed,
     HTTPParseError,
     HTTPSocketPoolResponse,
 )
-from requests.utils import get_environ_proxies
 
 from common.catalog import ModelConfig, ProviderConfig, Timeouts
 from common.errors import (
@@ -37,14 +30,9 @@ from common.errors import (
 )
 from common.execution.cancel import CancelToken
 from common.jsoncodec import dumps_bytes, loads
+from common.providers import http_client
 from common.providers.sse import iter_sse
-from common.redis.socket_check import readable_now
 
-#: Connections one process may have open to one provider at once (callers beyond
-#: it wait for one); the worker's concurrency bounds it long before.
-POOL_SIZE = 10_000
-#: Most bytes taken from an upstream socket by one read.
-READ_BYTES = 65536
 #: How much of an upstream error body is quoted in our error message.
 ERROR_QUOTE_CHARS = 300
 
@@ -64,88 +52,6 @@ def _error_text(raw: bytes) -> str:
         return str(text)[:ERROR_QUOTE_CHARS]
     except ValueError:
         return raw.decode("utf-8", "replace")[:ERROR_QUOTE_CHARS]
-
-
-class _Pool(ConnectionPool):
-    """geventhttpclient's pool, with a connection handed out under the client's
-    read timeout (a reused one would keep its last stream's idle timeout), and its
-    check that an idle connection is still open on the OS's ``poll``
-    (``common.redis.socket_check``)."""
-
-    def get_socket(self) -> gevent.socket.socket:
-        sock = super().get_socket()
-        sock.settimeout(self.network_timeout)
-        return sock
-
-    def _is_socket_alive(self, sock: gevent.socket.socket | None) -> bool:
-        return sock is not None and sock.fileno() >= 0 and not readable_now(sock)
-
-
-class _SSLPool(_Pool, SSLConnectionPool):
-    """``_Pool`` for HTTPS providers."""
-
-
-def _system_trust(**_: Any) -> gevent.ssl.SSLContext:
-    """The OS's certificate authorities, as urllib3 and requests use them
-    (geventhttpclient's default trusts certifi's bundle alone)."""
-    return gevent.ssl.create_default_context()
-
-
-def _client(base_url: str, timeouts: Timeouts) -> HTTPClient:
-    """A client for the provider's host under ``timeouts`` (connect, first token),
-    through the environment's proxy if one applies."""
-    url = urlsplit(base_url)
-    proxy = get_environ_proxies(base_url).get(url.scheme)
-    via = urlsplit(proxy) if proxy else None
-    client = HTTPClient(
-        url.hostname or "",
-        url.port,
-        ssl=url.scheme == "https",
-        ssl_context_factory=_system_trust,
-        concurrency=POOL_SIZE,
-        connection_timeout=timeouts.connect,
-        network_timeout=timeouts.first_token,
-        block_size=READ_BYTES,
-        proxy_host=via.hostname if via else None,
-        proxy_port=(via.port or 80) if via else None,
-        proxy_user=unquote(via.username) if via and via.username else None,
-        proxy_password=unquote(via.password) if via and via.password else None,
-    )
-    # HTTPClient builds its pool itself; ours only adds behaviour to its class.
-    pool = client._connection_pool
-    pool.__class__ = _SSLPool if isinstance(pool, SSLConnectionPool) else _Pool
-    return client
-
-
-def _arrivals(resp: HTTPSocketPoolResponse) -> Iterator[bytes]:
-    """The body in the pieces it arrives in: one socket read each.
-
-    The response's parser de-chunks what each read brings; a piece is whatever
-    body that read completed (geventhttpclient's ``read`` would wait for a given
-    length, its ``readline`` for a line). A body that ends when the provider
-    closes the connection ends with it; any other that ends early is a cut.
-    """
-    while True:
-        if resp._body_buffer:
-            piece = bytes(resp._body_buffer)
-            del resp._body_buffer[:]
-            yield piece
-        if resp.message_complete:
-            return
-        sock = resp._sock
-        if sock is None:
-            raise HTTPConnectionClosed("the connection was closed")
-        data = sock.recv(READ_BYTES)
-        resp.feed(data)
-        if not data and not resp.message_complete:
-            raise HTTPConnectionClosed("the body ended early")
-
-
-def _close(resp: HTTPSocketPoolResponse) -> None:
-    """Close the response's connection under a read blocked on it (a cancel)."""
-    sock = resp._sock
-    if sock is not None:
-        sock.close()
 
 
 def _completion_as_chunks(body: Any) -> Iterator[dict[str, Any]]:
@@ -186,7 +92,7 @@ class OpenAICompatProvider:
         key = (timeouts.connect, timeouts.first_token)
         client = self.clients.get(key)
         if client is None:
-            client = self.clients[key] = _client(self.base_url, timeouts)
+            client = self.clients[key] = http_client.client(self.base_url, timeouts)
         return client
 
     def stream(
@@ -225,7 +131,7 @@ class OpenAICompatProvider:
         except (HTTPParseError, OSError, RuntimeError) as exc:
             # RuntimeError: a proxy that refused the CONNECT tunnel.
             raise ProviderUnavailableError(f"provider {name} is unreachable") from exc
-        cancel.on_cancel(lambda: _close(resp))
+        cancel.on_cancel(lambda: http_client.close_under_read(resp))
         try:
             if resp.status_code >= 400:
                 raise self._http_error(resp)
@@ -262,11 +168,11 @@ class OpenAICompatProvider:
         finished = done = False
         waiting_for_first = True
         try:
-            for event in iter_sse(_arrivals(resp)):
-                if waiting_for_first and resp._sock is not None:
+            for event in iter_sse(http_client.arrivals(resp)):
+                if waiting_for_first:
                     # The read timeout so far was the first-token one; from now on
                     # a silence longer than ``idle`` is the provider stalling.
-                    resp._sock.settimeout(timeouts.idle)
+                    http_client.set_read_timeout(resp, timeouts.idle)
                     waiting_for_first = False
                 data = event.data.strip()
                 if done or not data:
