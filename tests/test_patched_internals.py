@@ -65,26 +65,6 @@ GUARDS = [
         },
     ),
     Guard(
-        "kombu's JSON serializer",
-        "workers/broker/kombu_json.py",
-        {
-            # The decoder ours must agree with, and its hook.
-            "kombu.utils.json": {
-                "loads": "40ae6ffb3239",
-                "object_hook": "23cd7ad1d330",
-            },
-            # Decodes envelopes with its module's global ``loads``.
-            "kombu.transport.redis": {"Channel._brpop_read": "c42518699709"},
-            # Bodies are decoded by whatever the registry holds for their type.
-            "kombu.serialization": {
-                "register_json": "7b532371fe92",
-                "SerializerRegistry.register": "66e410bbfe69",
-                "SerializerRegistry.loads": "48783ce22a7f",
-            },
-            "kombu.message": {"Message._decode": "e59b229fecb5"},
-        },
-    ),
-    Guard(
         "kombu's Redis transport",
         "workers/broker/transport.py",
         {
@@ -243,12 +223,6 @@ REPLACED = [
         "common/redis/socket_check.py",
         "redis._parsers.hiredis:_socket_can_read",
         {"redis._parsers.hiredis"},  # socket_check wraps it (``__wrapped__``)
-    ),
-    (
-        "kombu's Redis transport",
-        "workers/broker/kombu_json.py",
-        "kombu.transport.redis:loads",
-        {"kombu.utils.json", "workers.broker.kombu_json"},
     ),
 ]
 

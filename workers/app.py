@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from common.redis import socket_check
-from workers.broker import kombu_json
 from workers.celery_app import make_celery
 
 socket_check.install()
-kombu_json.install()
 app = make_celery()
