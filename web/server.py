@@ -46,7 +46,7 @@ class KeepAliveHandler(PyWSGIHandler):
         """gunicorn's access record, built only when an access log keeps it.
 
         gunicorn's handler builds the record (times, headers, a response object)
-        before its logger finds the access log off: ~2 % of a web process's CPU.
+        before its logger finds the access log off (its cost: bench/RESULTS.md).
         """
         if getattr(self.server.log, "access_log_enabled", True):
             super().log_request()

@@ -1,8 +1,8 @@
 """The upstream HTTP client: geventhttpclient, through parts of it that are not
 public (tests/test_patched_internals.py guards them).
 
-Its C parser and gevent-native sockets take about a third of the CPU per call
-that urllib3 and http.client did (bench/RESULTS.md), and a request's head and
+Its C parser and gevent-native sockets take far less CPU per call than urllib3
+and http.client did (bench/RESULTS.md), and a request's head and
 body leave in one write. What is reached past its public API: the client's pool
 gets a subclass (a connection handed out under the client's read timeout, since
 a reused one kept its last stream's idle timeout; an idle one checked on the OS's

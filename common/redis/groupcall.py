@@ -2,13 +2,12 @@
 
 A busy worker runs hundreds of jobs in one process, and each job's start and
 finish is one Redis script. A call costs a round trip whatever it carries: the
-send alone (waking Redis) was a tenth of a worker's CPU. ``GroupCall`` gives
-each kind of call one writer: a caller hands its item over and waits; the writer
-sends everything handed over so far in one call, and what arrives while that is
-on the wire goes in the next. Idle, a call goes at once (one switch to the
-writer and back); busy, the calls per round trip grow with the load and nothing
-waits for a timer.
-"""
+send alone (waking Redis) was a large share of a worker's CPU
+(bench/RESULTS.md). ``GroupCall`` gives each kind of call one writer: a caller
+hands its item over and waits; the writer sends everything handed over so far in
+one call, and what arrives while that is on the wire goes in the next. Idle, a
+call goes at once (one switch to the writer and back); busy, the calls per round
+trip grow with the load and nothing waits for a timer."""
 
 from __future__ import annotations
 

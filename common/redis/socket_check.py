@@ -2,13 +2,12 @@
 
 redis-py checks a pooled connection for stray data before every command, and the
 upstream client an idle connection for a closed peer before every request
-(``common.providers.openai_compat``), each with a zero-timeout poll. Under
+(``common.providers.http_client``), each with a zero-timeout poll. Under
 gevent's monkey-patching that is the cooperative ``poll``, which builds watchers
-and a timer even for a zero timeout (10 µs against 0.5 µs): 5 % of a busy web
-process's CPU and 4 % of a worker's. A zero-timeout poll cannot block, so it
+and a timer even for a zero timeout, a share of a busy process's CPU worth a few
+percent of capacity (bench/RESULTS.md). A zero-timeout poll cannot block, so it
 needs no cooperation; waits with a timeout still go through the cooperative
-originals.
-"""
+originals."""
 
 from __future__ import annotations
 

@@ -2,13 +2,13 @@
 
 The web stores a job and the task that runs it in one Redis script, so neither
 exists without the other and a submit costs one round trip instead of two
-(kombu's publish path was a quarter of the web's CPU per request). The message
-is built by Celery (``as_task_v2``) and kombu (``prepare_message``,
+(kombu's publish path was a large share of the web's CPU per request). The
+message is built by Celery (``as_task_v2``) and kombu (``prepare_message``,
 ``basic_publish``) as ``send_task`` builds it; only the final ``LPUSH`` is
-handed back instead of sent. Building it that way takes a tenth of a busy web
-process's CPU, so it is built once per queue, for a placeholder job, and each
-job fills in only what differs between two sends: its job id and fresh task and
-delivery ids. tests/test_messages.py compares the result with what
+handed back instead of sent. Building it that way is dear in a busy web process
+(bench/RESULTS.md), so it is built once per queue, for a placeholder job, and
+each job fills in only what differs between two sends: its job id and fresh task
+and delivery ids. tests/test_messages.py compares the result with what
 ``send_task`` stores, so a Celery or kombu upgrade that changes the format fails
 there first.
 

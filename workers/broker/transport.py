@@ -3,16 +3,17 @@
 its job's start.
 
 kombu builds a new ``redis.Redis`` (its option and callback tables included) for
-every unacked-bookkeeping pipeline and every ack: at hundreds of tasks per second
-that was 7 % of a worker's CPU. A ``redis.Redis`` takes a pooled connection per
-command, so one object can serve every greenlet of the channel.
+every unacked-bookkeeping pipeline and every ack: at hundreds of tasks per
+second that was a measurable share of a worker's CPU (bench/RESULTS.md). A
+``redis.Redis`` takes a pooled connection per command, so one object can serve
+every greenlet of the channel.
 
 kombu keeps each delivered message in an "unacked" hash (and an index by time)
 until it is acknowledged, and pushes it back on its queue if that has not
 happened within the visibility timeout: so a message its worker took and died
 with is delivered again. Writing the entry when the message is delivered is a
-transaction of its own (11 % of a worker's CPU), and acknowledging it another
-(6 %). A job's task message needs neither:
+transaction of its own, and acknowledging it another. A job's task message needs
+neither:
 
 - the submit that pushes the message writes its entry in the same script
   (``JobStore.create``; the message carries ``UNACKED_AT_SUBMIT``), timed from
