@@ -17,7 +17,8 @@ import redis
 import requests
 import sqlalchemy
 
-from common.accounts.store import KeyStore, digest
+from common.accounts.models import digest
+from common.accounts.store import KeyStore
 from common.db.engine import create_schema, make_engine
 from common.schemas import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from tests.conftest import (
@@ -305,7 +306,7 @@ def test_the_whole_stack_runs_on_postgresql(
                 sqlalchemy.text("select count(*) from api_keys where key_hash = :h"),
                 {
                     "h": __import__(
-                        "common.accounts.store", fromlist=["digest"]
+                        "common.accounts.models", fromlist=["digest"]
                     ).digest(key)
                 },
             ).scalar()

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from common.accounts.store import KeyIdentity
+from common.accounts.models import KeyIdentity
 from common.errors import (
     ForbiddenError,
     InvalidJSONError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.accounts.store import KeyIdentity
+from common.accounts.models import KeyIdentity
 from common.limits import Admission
 
 

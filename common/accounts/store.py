@@ -11,98 +11,24 @@ a key checked at an older generation, and the submit checks the key again.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import hmac
 import secrets
 import uuid
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, cast
 
 import redis
-from sqlalchemy import JSON, DateTime, Engine, Integer, Numeric, String, select
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
-from common.db.base import Base
+from common.accounts.models import (
+    KEY_PREFIX,
+    ApiKey,
+    KeyIdentity,
+    digest,
+    naive_utc,
+    utcnow,
+)
 from common.redis.keys import KEYS_GENERATION_KEY
-
-KEY_PREFIX = "llmq-"
-
-
-class ApiKey(Base):
-    """One API key and the limits it carries."""
-
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    hint: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    balance: Mapped[Decimal | None] = mapped_column(Numeric(18, 6), nullable=True)
-    daily_free: Mapped[Decimal | None] = mapped_column(Numeric(18, 6), nullable=True)
-    rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The key as admins see it (never the key itself)."""
-
-        def stamp(value: dt.datetime | None) -> int | None:
-            return int(value.replace(tzinfo=dt.UTC).timestamp()) if value else None
-
-        return {
-            "id": self.id,
-            "object": "api_key",
-            "name": self.name,
-            "hint": self.hint,
-            "created_at": stamp(self.created_at),
-            "revoked_at": stamp(self.revoked_at),
-            "expires_at": stamp(self.expires_at),
-            "balance": float(self.balance) if self.balance is not None else None,
-            "daily_free": float(self.daily_free)
-            if self.daily_free is not None
-            else None,
-            "rpm": self.rpm,
-            "tpm": self.tpm,
-            "concurrency": self.concurrency,
-            "models": self.models,
-        }
-
-
-@dataclass(frozen=True)
-class KeyIdentity:
-    """What a request learns about the key it carries."""
-
-    id: str
-    name: str
-    models: tuple[str, ...] | None
-    rpm: int | None = None
-    tpm: int | None = None
-    concurrency: int | None = None
-    expires_at: dt.datetime | None = None
-    #: The key's digest, and the keys' generation counter it was checked at.
-    digest: str = ""
-    generation: str = ""
-
-
-def digest(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
-
 
 #: Most keys one process caches; the cache starts over when full.
 KEY_CACHE_ENTRIES = 10_000
@@ -124,8 +50,8 @@ class KeyStore:
             name=name,
             key_hash=digest(raw),
             hint=f"{raw[:9]}…{raw[-4:]}",
-            created_at=_utcnow(),
-            expires_at=_naive_utc(limits.pop("expires_at", None)),
+            created_at=utcnow(),
+            expires_at=naive_utc(limits.pop("expires_at", None)),
             **limits,
         )
         with Session(self.engine, expire_on_commit=False) as session:
@@ -146,7 +72,7 @@ class KeyStore:
         with Session(self.engine, expire_on_commit=False) as session:
             row = session.get(ApiKey, key_id)
             if row is not None and row.revoked_at is None:
-                row.revoked_at = _utcnow()
+                row.revoked_at = utcnow()
                 session.commit()
                 self.redis.incr(KEYS_GENERATION_KEY)
             return row
@@ -211,6 +137,6 @@ def _live(identity: KeyIdentity | None) -> KeyIdentity | None:
     """``identity`` unless it is missing or expired."""
     if identity is None:
         return None
-    if identity.expires_at is not None and identity.expires_at <= _utcnow():
+    if identity.expires_at is not None and identity.expires_at <= utcnow():
         return None
     return identity

@@ -57,7 +57,7 @@ def create_schema(engine: Engine) -> None:
     (or SQLite is briefly locked); checking again then finds the table.
     """
     # Registers the tables on Base; imported here, since they import the base.
-    from common.accounts import store  # noqa: F401
+    from common.accounts import models  # noqa: F401
 
     for attempt in range(SCHEMA_ATTEMPTS):
         try:

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from common.accounts.store import KeyIdentity, KeyStore
+from common.accounts.models import KeyIdentity
+from common.accounts.store import KeyStore
 from common.catalog import Catalog, ModelConfig, ModelType
 from common.errors import (
     ConflictError,
