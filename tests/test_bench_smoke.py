@@ -9,7 +9,9 @@ import sys
 import click
 import pytest
 
-from bench.run import SMOKE, Result, _load_result, ratios
+from bench.report import Result, ratios
+from bench.run import _load_result
+from bench.scenarios import SMOKE
 from tests.conftest import ROOT
 
 
