@@ -1,4 +1,5 @@
-"""Running one job: limits, retries and fallbacks around the provider stream.
+"""Running one job: retries and fallbacks around the provider stream, under the
+provider's limits (common/execution/provider_limits.py).
 
 A run owns the job through a lease (see storage); every write it makes checks
 the lease, so a redelivered task never runs a job twice at once. A job found
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.catalog import Catalog, Limits, ModelConfig, RetryPolicy
+from common.catalog import Catalog, ModelConfig, RetryPolicy
 from common.completions import CompletionAccumulator
 from common.errors import (
     GatewayError,
@@ -27,6 +28,7 @@ from common.errors import (
 )
 from common.execution.cancel import CancelRegistry, CancelToken, StopReason
 from common.execution.deltas import DeltaBatcher
+from common.execution.provider_limits import provider_rates, wait_for_limits
 from common.jobs.lifecycle import finish_job
 from common.jobs.model import (
     EventType,
@@ -40,15 +42,12 @@ from common.jobs.model import (
 )
 from common.jobs.store import JobStore
 from common.jsoncodec import dumps
-from common.limits import Limiter, Rate
+from common.limits import Limiter
 from common.providers import build_provider
 from common.providers.base import Provider
 from common.tokens import estimate_prompt_tokens, estimate_request_tokens
 
 log = logging.getLogger(__name__)
-
-#: Longest pause between two tries for a free concurrency slot.
-SLOT_POLL_MAX_SECONDS = 1.0
 
 
 @dataclass
@@ -236,9 +235,20 @@ class JobRunner:
         run.unsaved.update(attempts=run.attempts, provider=model.provider)
         prompt = estimate_prompt_tokens(job.request.get("messages", []))
         estimate = estimate_request_tokens(job.request)
-        rates = self._rates(model, estimate)
-        if not self._wait_for_limits(job, run, model, rates):
+        rates = provider_rates(self.catalog, model, estimate)
+        scopes = wait_for_limits(
+            self.limiter,
+            self.catalog,
+            model,
+            rates,
+            run.token,
+            self.lease_seconds,
+            run.cancel,
+            lambda status: self._announce(job, run, status),
+        )
+        if scopes is None:
             return
+        run.slot_scopes = scopes
         deltas = self.deltas.open(
             job, run.token, run.unsaved, lambda result: self._note(run, result)
         )
@@ -259,65 +269,6 @@ class JobRunner:
             for rate, _ in rates:
                 if rate.unit == "tpm":
                     self.limiter.settle(rate, int(used) - estimate)
-
-    def _limit_scopes(self, model: ModelConfig) -> list[tuple[str, Limits]]:
-        """The limit scopes a call to ``model`` counts against: provider, then model."""
-        provider = self.catalog.provider_for(model)
-        return [
-            (f"provider:{provider.name}", provider.limits),
-            (f"model:{provider.name}:{model.id}", model.limits),
-        ]
-
-    def _rates(self, model: ModelConfig, estimate: int) -> list[tuple[Rate, int]]:
-        rates = []
-        for scope, limits in self._limit_scopes(model):
-            if limits.rpm:
-                rates.append((Rate(scope, "rpm", limits.rpm), 1))
-            if limits.tpm:
-                rates.append((Rate(scope, "tpm", limits.tpm), estimate))
-        return rates
-
-    def _wait_for_limits(
-        self,
-        job: JobRecord,
-        run: Run,
-        model: ModelConfig,
-        rates: list[tuple[Rate, int]],
-    ) -> bool:
-        """Wait (sleeping, not spinning) until the limits let this call go.
-
-        Returns False if the run was stopped while waiting.
-        """
-        wait = self.limiter.reserve(rates)
-        if wait > 0:
-            self._announce(
-                job,
-                run,
-                {
-                    "status": JobStatus.RUNNING,
-                    "waiting": "rate_limit",
-                    "seconds": round(wait, 3),
-                },
-            )
-            if run.cancel.wait(wait):
-                return False
-        slots = [
-            (scope, limits.concurrency)
-            for scope, limits in self._limit_scopes(model)
-            if limits.concurrency
-        ]
-        pause, announced = 0.05, False
-        while not self.limiter.acquire_slots(run.token, slots, self.lease_seconds):
-            if not announced:
-                self._announce(
-                    job, run, {"status": JobStatus.RUNNING, "waiting": "concurrency"}
-                )
-                announced = True
-            if run.cancel.wait(pause * random.uniform(0.5, 1.5)):
-                return False
-            pause = min(pause * 2, SLOT_POLL_MAX_SECONDS)
-        run.slot_scopes = [scope for scope, _ in slots]
-        return True
 
     def _fallbacks(self, model: ModelConfig) -> list[ModelConfig]:
         found = (self.catalog.find_model(name) for name in model.fallbacks)
