@@ -1,8 +1,8 @@
 FROM python:3.11-slim
 WORKDIR /app
 # The locked runtime versions (make lock), then llmq itself without resolving again.
-COPY requirements/runtime.txt ./requirements/
-RUN pip install --no-cache-dir -r requirements/runtime.txt
+COPY requirements-runtime.lock ./
+RUN pip install --no-cache-dir -r requirements-runtime.lock
 COPY pyproject.toml catalog.yaml Procfile ./
 COPY common ./common
 COPY web ./web

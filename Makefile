@@ -5,21 +5,21 @@ PYTHON ?= python3
 # `make lint`: ruff and mypy strict, as STYLE.md asks.
 .PHONY: install lock run test lint fuzz bench ab clean
 
-# Exactly the versions in requirements/dev.txt (the lock), then llmq itself.
-$(VENV)/.installed: requirements/dev.txt pyproject.toml
+# Exactly the versions in requirements.lock, then llmq itself.
+$(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements/dev.txt
+	$(VENV)/bin/pip install -q -r requirements.lock
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
 
 # `make lock`: resolve the newest versions pyproject.toml admits into the lock files
-# (requirements/runtime.txt, what the Dockerfile installs, within requirements/dev.txt).
+# (requirements-runtime.lock, what the Dockerfile installs, within requirements.lock).
 LOCK = $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 -q
 lock: install
-	$(LOCK) --all-extras --upgrade -o requirements/dev.txt
-	$(LOCK) -c requirements/dev.txt -o requirements/runtime.txt
+	$(LOCK) --all-extras --upgrade -o requirements.lock
+	$(LOCK) -c requirements.lock -o requirements-runtime.lock
 	rm -f $(VENV)/.installed
 
 run: install

@@ -13,7 +13,8 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import ROOT
 
-LOCKS = ROOT / "requirements"
+DEV_LOCK = ROOT / "requirements.lock"
+RUNTIME_LOCK = ROOT / "requirements-runtime.lock"
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -33,7 +34,7 @@ def pins(path: Path) -> dict[str, str]:
 
 def test_every_locked_package_is_installed_at_its_locked_version() -> None:
     wrong = {}
-    for name, version in pins(LOCKS / "dev.txt").items():
+    for name, version in pins(DEV_LOCK).items():
         try:
             installed = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -44,7 +45,7 @@ def test_every_locked_package_is_installed_at_its_locked_version() -> None:
 
 
 def test_the_runtime_lock_is_the_dev_lock_without_the_tools() -> None:
-    dev, runtime = pins(LOCKS / "dev.txt"), pins(LOCKS / "runtime.txt")
+    dev, runtime = pins(DEV_LOCK), pins(RUNTIME_LOCK)
     assert {n: dev.get(n) for n in runtime} == runtime
 
 
@@ -56,7 +57,7 @@ def test_pyproject_admits_the_locked_versions(extra: str | None) -> None:
         if extra is None
         else project["optional-dependencies"][extra]
     )
-    locked = pins(LOCKS / "dev.txt")
+    locked = pins(DEV_LOCK)
     for line in wanted:
         requirement = Requirement(line)
         version = locked[canonicalize_name(requirement.name)]

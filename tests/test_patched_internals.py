@@ -2,7 +2,7 @@
 
 Each guard names a library, the llmq module built on its internals, and those
 internals (``module:qualified.name``), each pinned to a fingerprint of its source
-(of its ``repr`` for a value) in the locked versions (requirements/). An upgrade
+(of its ``repr`` for a value) in the locked versions (requirements.lock). An upgrade
 that removes or changes one fails here, naming the module to re-check, instead
 of leaving a patch a silent no-op or quietly wrong; once the module is
 re-checked against the new code, the pins take the values the failure prints.
