@@ -11,10 +11,11 @@ import uuid
 import redis
 
 from common.jobs.events import _parse_message
-from common.jobs.model import JobRecord, TaskMessage, record_from
+from common.jobs.model import JobRecord, record_from
 from common.jobs.store import JobStore
 from common.redis import keys
 from tests.conftest import RedisServer, job_fields
+from workers.broker.messages import TaskMessage
 
 
 def _store(redis_server: RedisServer) -> JobStore:

@@ -12,11 +12,10 @@ import redis
 from kombu import Consumer, Message, Queue
 
 from common.config import load_settings
-from common.jobs.model import TaskMessage
 from common.jobs.store import JobStore
 from common.queues import TASK_RUN_JOB
 from tests.conftest import ROOT, RedisServer, Stack, job_fields
-from workers.broker.messages import TaskMessages
+from workers.broker.messages import TaskMessage, TaskMessages
 from workers.broker.transport import settled, unacked_entry
 from workers.celery_app import LlmqCelery, make_celery
 

@@ -35,7 +35,7 @@ from common.jobs.model import (
     JobRecord,
     JobStatus,
     LeaseOp,
-    TaskMessage,
+    TaskPush,
     Transition,
     Unacked,
     now,
@@ -98,7 +98,7 @@ class JobRunner:
         catalog: Catalog,
         cancels: CancelRegistry,
         limiter: Limiter,
-        task_for: Callable[[str, str], TaskMessage],
+        task_for: Callable[[str, str], TaskPush],
         lease_seconds: float,
         delta_window_seconds: float = 0.0,
     ) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from common.jsoncodec import dumps, loads
 
@@ -56,20 +56,16 @@ _JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
 Unacked = tuple[str, str, str]
 
 
-@dataclass(frozen=True)
-class TaskMessage:
-    """The Celery task that runs a job, as the Redis broker keeps it.
+class TaskPush(Protocol):
+    """The task message that runs a job, as the store pushes it with the job.
 
-    ``payload`` is pushed on the list ``queue``; ``unacked_value`` is what kombu
-    stores under the message's delivery tag in its unacked set (``unacked``)
-    until the message is acknowledged, and what it pushes back if that never
-    happens within the visibility timeout.
+    What it holds and how the broker lays it out is workers/broker/messages.py's
+    business; the store only hands ``push_parts`` to lua/lib.lua's ``push_task``.
     """
 
-    queue: str
-    payload: str
-    unacked: Unacked
-    unacked_value: str
+    def push_parts(self, at: float) -> tuple[list[str], list[Any]]:
+        """``push_task``'s three keys and four arguments, the entry dated ``at``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from common.jobs.model import (
     EventType,
     JobRecord,
     JobStatus,
-    TaskMessage,
+    TaskPush,
     now,
     record_from,
 )
@@ -97,7 +97,7 @@ class JobService:
         events: EventLog,
         catalog: Catalog,
         limiter: Limiter,
-        task_message: Callable[[str, Priority], TaskMessage],
+        task_message: Callable[[str, Priority], TaskPush],
         keys: KeyStore,
     ) -> None:
         self.store = store

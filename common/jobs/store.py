@@ -15,7 +15,7 @@ import redis
 
 from common.jobs.model import (
     JobRecord,
-    TaskMessage,
+    TaskPush,
     Transition,
     Unacked,
     decode_record,
@@ -89,19 +89,9 @@ def _started(reply: list[Any] | None) -> Started:
     return decode_record(record), decode_transition(result)
 
 
-def _push_task_parts(
-    task: TaskMessage | None, at: float
-) -> tuple[list[str], list[Any]]:
+def _push_task_parts(task: TaskPush | None, at: float) -> tuple[list[str], list[Any]]:
     """``push_task``'s keys and arguments for ``task`` (all empty for none)."""
-    if task is None:
-        return ["", "", ""], ["", "", "", ""]
-    hash_key, index_key, tag = task.unacked
-    return [task.queue, hash_key, index_key], [
-        task.payload,
-        tag,
-        task.unacked_value,
-        at,
-    ]
+    return (["", "", ""], ["", "", "", ""]) if task is None else task.push_parts(at)
 
 
 class JobStore:
@@ -135,7 +125,7 @@ class JobStore:
         self,
         fields: dict[str, Any],
         idempotency: tuple[str, str] | None = None,
-        task: TaskMessage | None = None,
+        task: TaskPush | None = None,
         key_generation: str | None = None,
     ) -> str | None:
         """Store a new queued job with its first event, and push its task.
@@ -206,7 +196,7 @@ class JobStore:
         lease: tuple[str, str] | None = None,
         lease_seconds: float = 0,
         refresh_ttl: bool = False,
-        task: TaskMessage | None = None,
+        task: TaskPush | None = None,
     ) -> Transition:
         """Atomically check status and lease, update fields and append events.
 

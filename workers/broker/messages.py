@@ -33,7 +33,7 @@ from kombu.transport.virtual import Channel
 
 from common import jsoncodec
 from common.errors import UnavailableError
-from common.jobs.model import TaskMessage
+from common.jobs.model import Unacked
 from common.queues import TASK_RUN_JOB
 from workers.broker.transport import UNACKED_AT_SUBMIT, unacked_keys
 
@@ -41,6 +41,33 @@ from workers.broker.transport import UNACKED_AT_SUBMIT, unacked_keys
 PERSISTENT_DELIVERY_MODE = 2
 #: The job id a queue's template message is built for.
 _PLACEHOLDER_JOB = "job_template"
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """The Celery task that runs a job, as the Redis broker keeps it.
+
+    ``payload`` is pushed on the list ``queue``; ``unacked_value`` is what kombu
+    stores under the message's delivery tag in its unacked set (``unacked``)
+    until the message is acknowledged, and what it pushes back if that never
+    happens within the visibility timeout.
+    """
+
+    queue: str
+    payload: str
+    unacked: Unacked
+    unacked_value: str
+
+    def push_parts(self, at: float) -> tuple[list[str], list[Any]]:
+        """lua/lib.lua's ``push_task`` keys and arguments: the list, the unacked
+        hash and its index; the message, its tag, its entry, the entry's time."""
+        hash_key, index_key, tag = self.unacked
+        return [self.queue, hash_key, index_key], [
+            self.payload,
+            tag,
+            self.unacked_value,
+            at,
+        ]
 
 
 class _Capture:
