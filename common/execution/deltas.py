@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from gevent import monkey
 
+from common.batching import BatchThread
 from common.jobs.model import EventType, JobRecord, Transition
 from common.jobs.store import Append
 from common.jsoncodec import dumps
@@ -94,15 +95,17 @@ class RunDeltas:
         return self._batcher.detach(self)
 
 
-class DeltaBatcher:
+_Batch = list[tuple["RunDeltas", list[dict[str, Any]], dict[str, Any]]]
+
+
+class DeltaBatcher(BatchThread[_Batch]):
     """The writer greenlet of one worker process, shared by all of its runs."""
 
     def __init__(self, write: WriteMany, window_seconds: float = 0.0) -> None:
+        super().__init__("llmq-deltas")
         self._write = write
         self._window = window_seconds
         self._dirty: dict[int, RunDeltas] = {}
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
         #: Set when something must not wait out the window.
         self._urgent = threading.Event()
         self._started = False
@@ -127,11 +130,7 @@ class DeltaBatcher:
                 self._urgent.set()
             run.idle.clear()
             self._dirty[id(run)] = run
-            if not self._started:
-                self._started = True
-                threading.Thread(
-                    target=self._loop, name="llmq-deltas", daemon=True
-                ).start()
+            self._start_once()
         self._wake.set()
         if first and monkey.is_module_patched("threading"):
             # Under gevent the writer runs only when this run's reader yields, and
@@ -148,7 +147,7 @@ class DeltaBatcher:
         run.idle.wait()
         return leftover
 
-    def _take(self) -> list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]:
+    def _take_batch(self) -> _Batch:
         with self._lock:
             # First chunks taken now are served by this write; only ones that
             # arrive while it is in flight may cut the next window short.
@@ -166,51 +165,43 @@ class DeltaBatcher:
                 self._wake.set()
             return batch
 
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            batch = self._take()
-            if not batch:
-                continue
-            began = time.monotonic()
-            try:
-                results = self._write(
-                    [
-                        (
-                            run.job,
-                            run.token,
-                            fields,
-                            [(EventType.DELTA, dumps(c)) for c in chunks],
-                        )
-                        for run, chunks, fields in batch
-                    ]
-                )
-            except (redis.ConnectionError, redis.TimeoutError):
-                log.warning("could not reach Redis to write deltas; retrying")
-                self._restore(batch)
-                threading.Event().wait(RETRY_SECONDS)
-                continue
-            except Exception:
-                # Not transient: retrying would block these runs for ever. Their
-                # live stream loses these deltas; each run's finish still stores
-                # its whole reply (and fails the same way if Redis keeps refusing).
-                log.exception("dropped a write of %d runs' deltas", len(batch))
-                results = []
-            for (run, _, _), result in zip(batch, results, strict=False):
-                run.on_result(result)
-            with self._lock:
-                for run, _, _ in batch:
-                    run.in_flight = False
-                    if not run.pending:
-                        run.idle.set()
-            rest = began + self._window - time.monotonic()
-            if rest > 0:
-                self._urgent.wait(rest)
+    def _send_batch(self, batch: _Batch) -> None:
+        began = time.monotonic()
+        try:
+            results = self._write(
+                [
+                    (
+                        run.job,
+                        run.token,
+                        fields,
+                        [(EventType.DELTA, dumps(c)) for c in chunks],
+                    )
+                    for run, chunks, fields in batch
+                ]
+            )
+        except (redis.ConnectionError, redis.TimeoutError):
+            log.warning("could not reach Redis to write deltas; retrying")
+            self._restore(batch)
+            threading.Event().wait(RETRY_SECONDS)
+            return
+        except Exception:
+            # Not transient: retrying would block these runs for ever. Their
+            # live stream loses these deltas; each run's finish still stores
+            # its whole reply (and fails the same way if Redis keeps refusing).
+            log.exception("dropped a write of %d runs' deltas", len(batch))
+            results = []
+        for (run, _, _), result in zip(batch, results, strict=False):
+            run.on_result(result)
+        with self._lock:
+            for run, _, _ in batch:
+                run.in_flight = False
+                if not run.pending:
+                    run.idle.set()
+        rest = began + self._window - time.monotonic()
+        if rest > 0:
+            self._urgent.wait(rest)
 
-    def _restore(
-        self, batch: list[tuple[RunDeltas, list[dict[str, Any]], dict[str, Any]]]
-    ) -> None:
+    def _restore(self, batch: _Batch) -> None:
         """Put a failed write back in front of what arrived since, to try again."""
         with self._lock:
             for run, chunks, fields in batch:

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from common.batching import BatchThread
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -30,7 +32,7 @@ class _Slot(Generic[Result]):
         self.error: BaseException | None = None
 
 
-class GroupCall(Generic[Item, Result]):
+class GroupCall(BatchThread[list[tuple[Item, _Slot[Result]]]], Generic[Item, Result]):
     """``call(item)`` through ``call_many(items)``, shared by concurrent callers.
 
     ``call_many`` returns one result per item, in order. If it raises, every
@@ -43,30 +45,23 @@ class GroupCall(Generic[Item, Result]):
         most: int,
         name: str,
     ) -> None:
+        super().__init__(name)
         self._call_many = call_many
         self._most = most
-        self._name = name
         self._pending: list[tuple[Item, _Slot[Result]]] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._started = False
 
     def __call__(self, item: Item) -> Result:
         slot: _Slot[Result] = _Slot()
         with self._lock:
             self._pending.append((item, slot))
-            if not self._started:
-                self._started = True
-                threading.Thread(
-                    target=self._loop, name=self._name, daemon=True
-                ).start()
+            self._start_once()
         self._wake.set()
         slot.done.wait()
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
-    def _take(self) -> list[tuple[Item, _Slot[Result]]]:
+    def _take_batch(self) -> list[tuple[Item, _Slot[Result]]]:
         with self._lock:
             batch = self._pending[: self._most]
             del self._pending[: self._most]
@@ -74,22 +69,16 @@ class GroupCall(Generic[Item, Result]):
                 self._wake.set()
             return batch
 
-    def _loop(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            batch = self._take()
-            if not batch:
-                continue
-            try:
-                results = self._call_many([item for item, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"{self._name}: {len(results)} results")
-            except Exception as exc:  # each caller raises it, as its own call would
-                for _, slot in batch:
-                    slot.error = exc
-                    slot.done.set()
-                continue
-            for (_, slot), result in zip(batch, results, strict=True):
-                slot.result = result
+    def _send_batch(self, batch: list[tuple[Item, _Slot[Result]]]) -> None:
+        try:
+            results = self._call_many([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self._name}: {len(results)} results")
+        except Exception as exc:  # each caller raises it, as its own call would
+            for _, slot in batch:
+                slot.error = exc
                 slot.done.set()
+            return
+        for (_, slot), result in zip(batch, results, strict=True):
+            slot.result = result
+            slot.done.set()
