@@ -36,9 +36,12 @@ if ! redis_up; then
   started_redis=1
 fi
 
+# The Procfile's release line first, then its processes (honcho would run release
+# as one more process, and stop them all when it exits).
+"$PY" -m common.db.migrate
 demo_key=$(flask --app web keys create --name "demo-$(date +%s)" --quiet)
 
-honcho start -f Procfile &
+honcho start -f Procfile web worker flower &
 procs=$!
 cleanup() {
   kill "$procs" 2>/dev/null || true

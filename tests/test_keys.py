@@ -19,7 +19,8 @@ import sqlalchemy
 
 from common.accounts.models import digest
 from common.accounts.store import KeyStore
-from common.db.engine import create_schema, make_engine
+from common.db.engine import make_engine
+from common.db.migrate import migrate
 from common.schemas import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from tests.conftest import (
     ADMIN_KEY,
@@ -63,7 +64,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
         else request.getfixturevalue("postgres_url")
     )
     engine = make_engine(url)
-    create_schema(engine)
+    migrate(engine)
     client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
     yield KeyStore(engine, client)
     engine.dispose()
@@ -320,10 +321,11 @@ def test_the_whole_stack_runs_on_postgresql(
 
 _CREATE_AT_ONCE = """
 import sys, time
-from common.db.engine import create_schema, make_engine
+from common.db.engine import make_engine
+from common.db.migrate import migrate
 start = float(sys.argv[2])
 time.sleep(max(0.0, start - time.time()))
-create_schema(make_engine(sys.argv[1]))
+migrate(make_engine(sys.argv[1]))
 """
 
 

@@ -12,7 +12,8 @@ from flask_openapi3 import Info, OpenAPI
 
 from common.accounts.store import KeyStore
 from common.config import Settings, load_settings
-from common.db.engine import create_schema, make_engine
+from common.db.engine import make_engine
+from common.db.migrate import migrate
 from common.jobs.events import EventLog, Hub
 from common.jobs.service import JobService
 from common.jobs.store import JobStore
@@ -62,7 +63,7 @@ class CompactJSONProvider(DefaultJSONProvider):
 def _services(settings: Settings) -> Services:
     client = connect(settings.redis_url, settings.redis_timeout_seconds)
     engine = make_engine(settings.database_url)
-    create_schema(engine)
+    migrate(engine)
     keys = KeyStore(engine, client)
     jobs_service = JobService(
         JobStore(client, settings.job_ttl_seconds),

@@ -1,19 +1,12 @@
-"""The relational database's engine, and creating its schema."""
+"""The relational database's engine (common/db/migrate.py makes its schema)."""
 
 from __future__ import annotations
 
-import random
-import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError
 
-from common.db.base import Base
-
-#: Tries at creating the schema while other processes create it too.
-SCHEMA_ATTEMPTS = 5
 #: Seconds to wait for a database connection before answering 503.
 CONNECT_TIMEOUT_SECONDS = 2
 
@@ -47,23 +40,3 @@ def make_engine(url: str) -> Engine:
         pool_pre_ping=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS},
     )
-
-
-def create_schema(engine: Engine) -> None:
-    """Create missing tables (the schema is additive until migrations are needed).
-
-    Web processes start together on a fresh database: when another one creates a
-    table between our check and our CREATE, ours fails with "already exists"
-    (or SQLite is briefly locked); checking again then finds the table.
-    """
-    # Registers the tables on Base; imported here, since they import the base.
-    from common.accounts import models  # noqa: F401
-
-    for attempt in range(SCHEMA_ATTEMPTS):
-        try:
-            Base.metadata.create_all(engine)
-            return
-        except DatabaseError:
-            if attempt == SCHEMA_ATTEMPTS - 1:
-                raise
-            time.sleep(random.uniform(0.01, 0.1))
