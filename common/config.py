@@ -19,8 +19,10 @@ DEFAULT_PORT = 8000
 #: Jobs in flight per worker process: a stream waiting on tokens costs a sleeping
 #: greenlet, so this is set high enough never to be what caps concurrent streams.
 DEFAULT_WORKER_CONCURRENCY = 1000
-#: How long job records and event logs live in Redis (7 days).
+#: How long finished jobs stay readable, from the database (7 days; 0: forever).
 DEFAULT_JOB_TTL_SECONDS = 7 * 24 * 3600
+#: How long a finished job's exact event log stays in Redis (API.md section 5).
+DEFAULT_EVENTS_TTL_SECONDS = 3600
 #: Largest request body accepted (8 MiB).
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: Longest silence on an SSE stream before a keepalive comment.
@@ -60,6 +62,7 @@ class Settings:
     #: Worker processes the launcher starts; None: one per core.
     worker_processes: int | None = None
     job_ttl_seconds: int = DEFAULT_JOB_TTL_SECONDS
+    events_ttl_seconds: int = DEFAULT_EVENTS_TTL_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     sse_keepalive_seconds: float = DEFAULT_SSE_KEEPALIVE_SECONDS
     redis_timeout_seconds: float = DEFAULT_REDIS_TIMEOUT_SECONDS
@@ -85,8 +88,10 @@ def _positive(
     return value
 
 
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = _positive(environ, name, default)
+def _positive_int(
+    environ: Mapping[str, str], name: str, default: int, allow_zero: bool = False
+) -> int:
+    value = _positive(environ, name, default, allow_zero=allow_zero)
     if value != int(value):
         raise ConfigError(f"{name} must be a whole number")
     return int(value)
@@ -155,7 +160,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             else None
         ),
         job_ttl_seconds=_positive_int(
-            env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS
+            env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS, allow_zero=True
+        ),
+        events_ttl_seconds=_positive_int(
+            env, "LLMQ_EVENTS_TTL_SECONDS", DEFAULT_EVENTS_TTL_SECONDS
         ),
         max_body_bytes=_positive_int(
             env, "LLMQ_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES

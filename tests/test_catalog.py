@@ -395,7 +395,9 @@ def test_empty_variables_fall_back_to_defaults(catalog_path: Path) -> None:
         ("PORT", "0"),
         ("PORT", "-1"),
         ("LLMQ_WORKER_CONCURRENCY", "many"),
-        ("LLMQ_JOB_TTL_SECONDS", "0"),
+        ("LLMQ_JOB_TTL_SECONDS", "-1"),
+        ("LLMQ_EVENTS_TTL_SECONDS", "0"),
+        ("LLMQ_EVENTS_TTL_SECONDS", "1.5"),
         ("LLMQ_SSE_KEEPALIVE_SECONDS", "soon"),
     ],
 )
@@ -405,6 +407,17 @@ def test_malformed_number_raises_config_error(
     with pytest.raises(ConfigError) as info:
         load_settings({"LLMQ_CATALOG": str(catalog_path), variable: value})
     assert variable in str(info.value)
+
+
+def test_retention_settings_default_and_zero_keeps_jobs_forever(
+    catalog_path: Path,
+) -> None:
+    defaults = load_settings({"LLMQ_CATALOG": str(catalog_path)})
+    assert (defaults.events_ttl_seconds, defaults.job_ttl_seconds) == (3600, 604800)
+    forever = load_settings(
+        {"LLMQ_CATALOG": str(catalog_path), "LLMQ_JOB_TTL_SECONDS": "0"}
+    )
+    assert forever.job_ttl_seconds == 0
 
 
 def test_float_settings_accept_fractions(catalog_path: Path) -> None:

@@ -62,15 +62,31 @@ def test_submit_answers_202_with_the_job_object(
         assert field in job
 
 
-def test_records_and_event_logs_expire_after_the_default_seven_days(
+def test_a_finished_job_leaves_redis_after_its_window_not_before(
     stack: Stack, auth: dict[str, str]
 ) -> None:
     job = submit(stack, auth, fake={"tokens": 1})
-    requests.get(f"{stack.url}/v1/jobs/{job['id']}?wait=10", headers=auth, timeout=15)
+    done = requests.get(
+        f"{stack.url}/v1/jobs/{job['id']}?wait=10", headers=auth, timeout=15
+    ).json()
     client = redis.Redis.from_url(stack.redis_url)
+    member = f"{job['id']} {_owner(client, job['id'])}"
+    wait_until(
+        lambda: client.zscore("llmq:history:written", member) is not None,
+        10,
+        "the finished job to be written to the database",
+    )
+    # Dropped an hour (LLMQ_EVENTS_TTL_SECONDS' default) after it finished.
+    drop_at = client.zscore("llmq:history:written", member) / 1000
+    assert abs(drop_at - (done["finished_at"] + 3600)) < 2
+    # Meanwhile the record's own TTL, a week, is only the last resort.
     week = 7 * 24 * 3600
     for key in (f"llmq:job:{job['id']}", f"llmq:job:{job['id']}:events"):
         assert week - 60 < client.ttl(key) <= week, key
+
+
+def _owner(client: redis.Redis, job_id: str) -> str:
+    return bytes(client.hget(f"llmq:job:{job_id}", "owner") or b"").decode()
 
 
 def test_wait_holds_until_the_job_ends(stack: Stack, auth: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from common.config import Settings, load_settings
 from common.db.engine import make_engine
 from common.db.migrate import migrate
 from common.jobs.events import EventLog, Hub
+from common.jobs.history import JobHistory
 from common.jobs.service import JobService
 from common.jobs.store import JobStore
 from common.jsoncodec import dumps_bytes, loads_request
@@ -72,6 +73,7 @@ def _services(settings: Settings) -> Services:
         Limiter(client),
         TaskMessages(make_celery(settings)).run_job,
         keys,
+        JobHistory(engine),
     )
     return Services(settings, client, jobs_service, keys)
 

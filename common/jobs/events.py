@@ -47,7 +47,8 @@ class Event:
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
-def _events(entries: _Entries) -> list[Event]:
+def events_of(entries: _Entries) -> list[Event]:
+    """The events of a stream's entries (``XRANGE``'s reply)."""
     return [
         Event(int(entry_id.split(b"-", 1)[1]), fields[b"e"].decode(), fields[b"d"])
         for entry_id, fields in entries
@@ -221,12 +222,16 @@ class EventLog:
         """The id of the newest event (0 if none)."""
         return self.redis.xlen(keys.events_key(job_id))
 
+    def exists(self, job_id: str) -> bool:
+        """Whether Redis still holds the job's exact log."""
+        return bool(self.redis.exists(keys.events_key(job_id)))
+
     def read(self, job_id: str, after: int) -> list[Event]:
         """Events with id > ``after`` that exist now."""
         entries = self.redis.xrange(
             keys.events_key(job_id), f"(0-{after}", "+", count=READ_BATCH_EVENTS
         )
-        return _events(cast(_Entries, entries))
+        return events_of(cast(_Entries, entries))
 
     def follow(
         self,

@@ -22,7 +22,9 @@ from common.errors import (
     UnauthorizedError,
 )
 from common.jobs.events import Event, EventLog
+from common.jobs.history import JobHistory, created_ms
 from common.jobs.lifecycle import finish_job, job_object, key_slot
+from common.jobs.listing import merged_page
 from common.jobs.model import (
     EventType,
     JobRecord,
@@ -99,8 +101,10 @@ class JobService:
         limiter: Limiter,
         task_message: Callable[[str, Priority], TaskPush],
         keys: KeyStore,
+        history: JobHistory,
     ) -> None:
         self.store = store
+        self.history = history
         self.events = events
         self.catalog = catalog
         self.limiter = limiter
@@ -226,10 +230,15 @@ class JobService:
 
     def get(self, caller: KeyIdentity, job_id: str) -> JobRecord:
         """The caller's job. Raises NotFoundError for others' jobs as for none."""
-        job = self.store.get(job_id)
+        job = self.find(job_id)
         if job is None or job.owner != caller.id:
             raise NotFoundError(f"no job {job_id!r}", param="job_id")
         return job
+
+    def find(self, job_id: str) -> JobRecord | None:
+        """The job as Redis holds it while live or in its window, else as the
+        database holds it (it is written there before Redis lets it go)."""
+        return self.store.get(job_id) or self.history.get(job_id)
 
     def view(self, job: JobRecord) -> dict[str, Any]:
         """The job object, with its queue position while queued."""
@@ -252,7 +261,7 @@ class JobService:
                 or time.monotonic() >= deadline
             ):
                 break
-        return self.store.get(job.id) or latest
+        return self.find(job.id) or latest
 
     def follow(
         self,
@@ -263,9 +272,29 @@ class JobService:
     ) -> Iterator[Event | None]:
         """The job's events after ``after``, live, ending with ``done``.
 
-        ``inbox``: the inbox ``submit`` opened for a new job (see there).
+        ``inbox``: the inbox ``submit`` opened for a new job (see there). A job
+        past its replay window replays from the database, compacted; one that
+        leaves Redis while followed goes on from there.
         """
-        return self.events.follow(job.id, after, idle_seconds, inbox)
+        if inbox is None and job.terminal and not self.events.exists(job.id):
+            return iter(self.history.events(job.id, after))
+        return self._follow(job, after, idle_seconds, inbox)
+
+    def _follow(
+        self,
+        job: JobRecord,
+        after: int,
+        idle_seconds: float,
+        inbox: queue.SimpleQueue[Event] | None,
+    ) -> Iterator[Event | None]:
+        last = after
+        for event in self.events.follow(job.id, after, idle_seconds, inbox):
+            yield event
+            if event is not None:
+                last = event.id
+                if event.type == EventType.DONE:
+                    return
+        yield from self.history.events(job.id, last)
 
     def unfollow(self, job_id: str, inbox: queue.SimpleQueue[Event]) -> None:
         """Close an inbox ``submit`` opened that nobody will follow."""
@@ -296,16 +325,15 @@ class JobService:
     def list(
         self, caller: KeyIdentity, status: str | None, limit: int, after: str | None
     ) -> tuple[list[JobRecord], bool]:
-        """The caller's jobs, newest first, and whether more follow."""
-        found: list[JobRecord] = []
-        cursor = after
-        while len(found) <= limit:
-            ids = self.store.list_ids(caller.id, cursor, limit + 1)
-            if not ids:
-                break
-            for job_id in ids:
-                job = self.store.get(job_id)
-                if job and (status is None or job.status == status):
-                    found.append(job)
-            cursor = ids[-1]
+        """The caller's jobs, newest first, and whether more follow: those Redis
+        holds merged with the database's, each once (common/jobs/listing.py)."""
+        before = None
+        if after:
+            last = self.find(after)
+            if last is None or last.owner != caller.id:
+                return [], False
+            before = (created_ms(last), last.id)
+        found = merged_page(
+            self.store, self.history, caller.id, status, before, limit + 1
+        )
         return found[:limit], len(found) > limit

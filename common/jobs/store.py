@@ -103,7 +103,9 @@ class JobStore:
         ttl_seconds: int,
         totals: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
-        """``totals``: each (provider, model)'s total timeout, for ``start``."""
+        """``ttl_seconds``: the last-resort life of a record and its log in Redis
+        (0: none; common/jobs/retention.py drops them after their window).
+        ``totals``: each (provider, model)'s total timeout, for ``start``."""
         self.redis = client
         self.ttl_seconds = ttl_seconds
         self._create = scripts.register(client, "create_many")
@@ -335,6 +337,7 @@ class JobStore:
             keys.lease_key(job.id),
             keys.RUNNING_KEY,
             keys.notify_channel(job.id),
+            keys.HISTORY_UNWRITTEN_KEY,
         ]
         return step_keys, args
 
@@ -360,19 +363,30 @@ class JobStore:
         rank = self.redis.zrank(keys.queued_key(job.priority), job.id)
         return None if rank is None else cast(int, rank) + 1
 
-    def list_ids(self, owner: str, after: str | None, count: int) -> list[str]:
-        """Up to ``count`` of ``owner``'s job ids, newest first, after ``after``."""
+    def list_ids(
+        self, owner: str, before: tuple[int, str] | None, count: int
+    ) -> list[tuple[int, str]]:
+        """Up to ``count`` of ``owner``'s jobs as ``(created ms, id)``, newest
+        first, after the cursor ``before`` (the last one seen; None: the top)."""
         index = keys.owner_jobs_key(owner)
-        start = 0
-        if after:
-            rank = self.redis.zrevrank(index, after)
-            if rank is None:
-                return []
-            start = cast(int, rank) + 1
-        members = cast(
-            list[bytes], self.redis.zrevrange(index, start, start + count - 1)
-        )
-        return [m.decode() for m in members]
+        top, last = before or ("+inf", "")
+        found: list[tuple[int, str]] = []
+        offset = 0
+        while len(found) < count:
+            page = cast(
+                list[tuple[bytes, float]],
+                self.redis.zrevrangebyscore(
+                    index, top, "-inf", start=offset, num=count, withscores=True
+                ),
+            )
+            for member, score in page:
+                # Ids of the cursor's own ms come after it only if smaller.
+                if before is None or score < before[0] or member.decode() < last:
+                    found.append((int(score), member.decode()))
+            if len(page) < count:
+                break
+            offset += len(page)
+        return found[:count]
 
     def request_cancel(self, job_id: str) -> None:
         """Flag a running job for cancellation and tell the workers."""

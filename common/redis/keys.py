@@ -31,6 +31,14 @@ def lease_key(job_id: str) -> str:
 #: Sorted set of running jobs scored by lease expiry (ms); the reaper scans it.
 RUNNING_KEY = f"{PREFIX}:running"
 
+#: Sorted set of finished jobs not yet in the database, scored by when a writer
+#: may next take them (ms): the moment they finished, then a claim's expiry.
+HISTORY_UNWRITTEN_KEY = f"{PREFIX}:history:unwritten"
+
+#: Sorted set of finished jobs the database holds, as ``<job id> <owner>``,
+#: scored by when their Redis copy is dropped (ms): the end of the replay window.
+HISTORY_WRITTEN_KEY = f"{PREFIX}:history:written"
+
 
 def rate_key(scope: str, unit: str) -> str:
     """GCRA theoretical arrival time (µs) of one limit, e.g. ``provider:sim`` rpm.

@@ -8,6 +8,7 @@ from alembic import context
 
 from common.accounts import models  # noqa: F401  (registers api_keys on Base)
 from common.db.base import Base
+from common.jobs import history  # noqa: F401  (registers jobs on Base)
 
 connection = context.config.attributes["connection"]
 context.configure(

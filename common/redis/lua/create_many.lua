@@ -3,7 +3,7 @@
 -- Per create: KEYS: job, events, queued zset, owner index, idempotency key
 --   ("" = none), task list, the broker's unacked hash and its index ("" = no
 --   task), the API keys' generation counter ("" = no check).
--- ARGV: ttl, job id, now ms, idempotency value, idempotency ttl, task message,
+-- ARGV: ttl (0 = none), job id, now ms, idempotency value, idempotency ttl, task message,
 --   its delivery tag, its unacked entry, now (seconds), the generation the
 --   caller's key was checked at, field/value pairs.
 -- Returns, per create: 0 (nothing written) if the generation moved, else the
@@ -22,13 +22,15 @@ local function create(KEYS, ARGV)
   local fields = {}
   for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
   redis.call('HSET', KEYS[1], unpack(fields))
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('XADD', KEYS[2], '0-1', 'e', 'status', 'd', '{"status":"queued"}')
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], ARGV[3], ARGV[2])
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[2])
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
-  redis.call('EXPIRE', KEYS[4], ARGV[1])
+  if tonumber(ARGV[1]) > 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    redis.call('EXPIRE', KEYS[2], ARGV[1])
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[3] - ARGV[1] * 1000)
+    redis.call('EXPIRE', KEYS[4], ARGV[1])
+  end
   if KEYS[6] ~= '' then
     push_task(KEYS[6], KEYS[7], KEYS[8], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
   end

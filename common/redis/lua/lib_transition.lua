@@ -2,7 +2,9 @@
 -- place the lease is enforced for writes. Pulled in by a script's "@include
 -- lib_transition" line, after lib.
 --
--- K: job, events, queued zset, lease, running zset, the job's channel
+-- K: job, events, queued zset, lease, running zset, the job's channel, and
+--    optionally the unwritten-history zset, which a job entering a terminal
+--    status joins (common/jobs/retention.py writes it to the database)
 -- A: ttl (0 = keep), expected statuses "a,b" ("" = any), job id, lease op
 --    ("" | take | hold | drop | orphan), run token, lease ms, field count,
 --    pairs..., event count, (type, data) pairs...
@@ -55,6 +57,10 @@ local function transition(K, A)
     redis.call('ZADD', K[3], 'NX', tonumber(t[1]) * 1000, A[3])
   else
     redis.call('ZREM', K[3], A[3])
+  end
+  if K[7] and (status == 'succeeded' or status == 'failed'
+               or status == 'cancelled') then
+    redis.call('ZADD', K[7], 'NX', now_ms(), A[3])
   end
   if tonumber(A[1]) > 0 then
     redis.call('EXPIRE', K[1], A[1])

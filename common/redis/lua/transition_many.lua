@@ -4,4 +4,4 @@
 --@include lib
 --@include lib_transition
 
-return each(transition, 6, true)
+return each(transition, 7, true)

@@ -1,6 +1,6 @@
 -- A transition that also pushes the job's task message, as create does: a job
 -- moved back to queued is never without the task that runs it.
--- KEYS: the transition's six (lib_transition.lua), then the task list, the
+-- KEYS: the transition's seven (lib_transition.lua), then the task list, the
 --   broker's unacked hash and its index.
 -- ARGV: the message, its delivery tag, its unacked entry, now (seconds), then
 --   the transition's arguments.
@@ -8,10 +8,9 @@
 --@include lib
 --@include lib_transition
 
-local result = transition({KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]},
-                          {unpack(ARGV, 5)})
+local result = transition({unpack(KEYS, 1, 7)}, {unpack(ARGV, 5)})
 if result[1] == 1 then
-  push_task(KEYS[7], KEYS[8], KEYS[9], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+  push_task(KEYS[8], KEYS[9], KEYS[10], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 end
 flush_notices()
 return result
