@@ -339,6 +339,16 @@ def start_worker(
     return proc
 
 
+def start_retention(
+    env: dict[str, str], logdir: Path, name: str = "retention"
+) -> subprocess.Popen[bytes]:
+    """The process the launcher runs beside its workers: finished jobs to the
+    database, and their Redis copies dropped after the window."""
+    return start_process(
+        [sys.executable, "-m", "workers.retention"], env, logdir / f"{name}.log"
+    )
+
+
 @contextlib.contextmanager
 def web_on_own_redis(
     name: str,
@@ -418,7 +428,9 @@ def stack(
     env = base_env(redis_server.url, catalog_path, f"sqlite:///{db}")
     worker = start_worker(env, logdir)
     url, web = start_web(env, logdir)
+    retention = start_retention(env, logdir)
     yield Stack(url, env, redis_server.url)
+    stop_process(retention)
     stop_process(web)
     stop_process(worker)
 

@@ -21,6 +21,7 @@ from common.accounts.models import digest
 from common.accounts.store import KeyStore
 from common.db.engine import make_engine
 from common.db.migrate import migrate
+from common.jobs.history import JobHistory
 from common.schemas import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from tests.conftest import (
     ADMIN_KEY,
@@ -28,9 +29,11 @@ from tests.conftest import (
     RedisServer,
     Stack,
     base_env,
+    start_retention,
     start_web,
     start_worker,
     stop_process,
+    wait_until,
 )
 
 #: The CI machine runs PostgreSQL on loopback with trust auth and a ``test`` database.
@@ -293,14 +296,20 @@ def test_the_whole_stack_runs_on_postgresql(
     env = base_env(redis_server.url, catalog_path, postgres_url)
     worker = start_worker(env, logdir, "pg-worker")
     url, web = start_web(env, logdir, "pg-web")
+    retention = start_retention(env, logdir, "pg-retention")
     try:
         pg_stack = Stack(url, env, redis_server.url)
         key = pg_stack.key()
         sdk = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
-        reply = sdk.chat.completions.create(
+        raw = sdk.chat.completions.with_raw_response.create(
             model="sim-model", messages=[{"role": "user", "content": "hi"}]
         )
-        assert reply.choices[0].message.content
+        assert raw.parse().choices[0].message.content
+        # The finished job reaches PostgreSQL's jobs table (its history).
+        history = JobHistory(make_engine(postgres_url))
+        job_id = raw.headers["X-Job-Id"]
+        wait_until(lambda: history.get(job_id), 15, "the job in the jobs table")
+        history.engine.dispose()
         engine = make_engine(postgres_url)
         with engine.connect() as conn:
             count = conn.execute(
@@ -314,6 +323,7 @@ def test_the_whole_stack_runs_on_postgresql(
         engine.dispose()
         assert count == 1
     finally:
+        stop_process(retention)
         stop_process(web)
         stop_process(worker)
         redis_server.stop()

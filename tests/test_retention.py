@@ -41,6 +41,7 @@ from tests.conftest import (
     chat_body,
     job_fields,
     sse_events,
+    start_retention,
     start_web,
     start_worker,
     stop_process,
@@ -88,9 +89,11 @@ def short_window_stack(
     }
     worker = start_worker(env, logdir, f"{name}-worker")
     url, web = start_web(env, logdir, f"{name}-web")
+    retention = start_retention(env, logdir, f"{name}-retention")
     try:
         yield Stack(url, env, server.url)
     finally:
+        stop_process(retention)
         stop_process(web)
         stop_process(worker)
         server.stop()

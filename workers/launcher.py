@@ -6,7 +6,9 @@ used only by as many processes: the launcher starts ``LLMQ_WORKER_PROCESSES`` of
 them (default: the cores this process may run on), each with the gevent pool and
 ``LLMQ_WORKER_CONCURRENCY`` jobs in flight (Celery reads it from the app's
 settings). Arguments after the module name go to every worker (``--loglevel
-DEBUG``). A worker that dies after it started is started again; one that dies
+DEBUG``). Beside them it runs one retention process (workers/retention.py), which
+moves finished jobs to the database. A process that dies after it started is
+started again; one that dies
 within ``STARTUP_SECONDS`` stops the rest (a bad setting or an unreachable broker
 is no reason to loop). SIGTERM and SIGINT reach every worker once, as SIGTERM:
 Celery's warm shutdown, in which running jobs finish or go back to the queue
@@ -37,6 +39,8 @@ STARTUP_SECONDS = 5.0
 RESTART_DELAY_SECONDS = 1.0
 #: prctl option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
+#: The number the retention process goes by among the workers.
+RETENTION = -1
 
 
 def cores() -> int:
@@ -88,10 +92,12 @@ class Launcher:
         self.workers: dict[int, tuple[int, float]] = {}
 
     def start(self, number: int) -> None:
-        name = f"worker-{os.getpid()}-{number}"
-        proc = subprocess.Popen(
-            worker_command(name, self.extra), preexec_fn=_die_with_parent
+        command = (
+            [sys.executable, "-m", "workers.retention"]
+            if number == RETENTION
+            else worker_command(f"worker-{os.getpid()}-{number}", self.extra)
         )
+        proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
         self.workers[proc.pid] = (number, time.monotonic())
 
     def stop(self, signum: int, _frame: FrameType | None = None) -> None:
@@ -110,7 +116,7 @@ class Launcher:
         """Run until every worker has stopped; the exit status to leave with."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        for number in range(self.count):
+        for number in [*range(self.count), RETENTION]:
             self.start(number)
         status = 0
         while self.workers:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import partial
 from typing import Any
 
 from celery import current_app, shared_task
 from celery.signals import worker_ready, worker_shutting_down
 
-from common.db.engine import make_engine
-from common.db.migrate import migrate
 from common.execution.cancel import CancelRegistry
 from common.execution.runner import JobRunner
 from common.execution.supervisor import Supervisor
-from common.jobs.history import JobHistory
-from common.jobs.retention import Retention
 from common.jobs.store import JobStore
 from common.limits import Limiter
 from common.queues import TASK_RUN_JOB
@@ -59,13 +54,6 @@ def _supervisor_for(app: LlmqCelery) -> Supervisor:
             )
             _supervisor = Supervisor(runner)
             _supervisor.start()
-            engine = make_engine(settings.database_url)
-            Retention(
-                client,
-                JobHistory(engine),
-                settings.events_ttl_seconds,
-                settings.job_ttl_seconds,
-            ).start(prepare=partial(migrate, engine))
         return _supervisor
 
 

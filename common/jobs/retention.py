@@ -1,15 +1,17 @@
 """Redis holds live work, the database holds history: moving finished jobs.
 
-Each worker process runs one retention thread (a greenlet). A job that ends joins
+The worker's launcher runs one retention process (workers/retention.py) beside
+its Celery workers, so the database's I/O and the compaction's CPU never stall a
+worker's streams. A job that ends joins
 the unwritten-history set in the script that ends it (lua/lib_transition.lua).
-The thread takes such jobs in batches (lua/history_claim.lua: a claim a writer
+It takes such jobs in batches (lua/history_claim.lua: a claim a writer
 that dies lets lapse), writes each with its compacted log to the database in one
 transaction (common/jobs/history.py, idempotent), and only once that is
 committed moves them to the written set, due to be dropped from Redis at the end
 of their replay window (``LLMQ_EVENTS_TTL_SECONDS`` after they finished). A
 database outage therefore keeps jobs in Redis past their window, never loses
 them; the record's own time to live (``LLMQ_JOB_TTL_SECONDS``) is the last
-resort, as long as the database would have kept the job anyway. The thread also
+resort, as long as the database would have kept the job anyway. It also
 drops the Redis copies that are due and purges the database of jobs older than
 ``LLMQ_JOB_TTL_SECONDS``.
 """
@@ -17,7 +19,6 @@ drops the Redis copies that are due and purges the database of jobs older than
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import cast
@@ -64,15 +65,10 @@ class Retention:
         self._claim = scripts.register(client, "history_claim")
         self._purged_at = 0.0
 
-    def start(self, prepare: Callable[[], None]) -> None:
-        """Run in a thread of its own, once ``prepare`` (the database's
-        migration) has succeeded: until then, and whenever Redis or the database
-        fails, finished jobs wait in Redis."""
-        threading.Thread(
-            target=self._loop, args=(prepare,), name="llmq-retention", daemon=True
-        ).start()
-
-    def _loop(self, prepare: Callable[[], None]) -> None:
+    def run_forever(self, prepare: Callable[[], None]) -> None:
+        """Work until the process ends, once ``prepare`` (the database's
+        migration) has succeeded: until then, and whenever Redis or the
+        database fails, finished jobs wait in Redis."""
         prepared = False
         while True:
             try:
