@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from bench.report import Result, markdown_row
-from bench.run import ROOT, System
 from bench.scenarios import SCENARIOS, SMOKE, Scenario
+from bench.system import ROOT, System
 
 _COLUMNS = ["round", "build", "req/s", "tokens/s", "TTFT p50 ms", "p99", "errors"]
 _CPU = ("web", "worker", "redis", "upstream", "client")

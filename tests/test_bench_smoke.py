@@ -10,8 +10,8 @@ import click
 import pytest
 
 from bench.report import Result, ratios
-from bench.run import _load_result
 from bench.scenarios import SMOKE
+from bench.system import _load_result
 from tests.conftest import ROOT
 
 
