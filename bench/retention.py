@@ -10,9 +10,6 @@ job costs in Redis while in its window and in the database afterwards.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,7 +21,7 @@ import redis
 import sqlalchemy
 
 from bench.report import markdown_row
-from bench.system import ROOT, System
+from bench.system import System, run_load
 
 #: The replay window of this run (LLMQ_EVENTS_TTL_SECONDS).
 WINDOW_SECONDS = 30
@@ -136,14 +133,7 @@ def run_retention(jobs: int = JOBS, window: int = WINDOW_SECONDS) -> RetentionRe
                 "requests": jobs // CONCURRENCY,
                 "ramp": 0,
             }
-            out = subprocess.run(
-                [sys.executable, "-m", "bench.load", json.dumps(spec)],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            data = json.loads(out.stdout)
+            data = run_load(spec)
             end_of_load_mb = _used_mb(client)
             held = int(client.zcard("llmq:history:written")) + int(
                 client.zcard("llmq:history:unwritten")

@@ -68,18 +68,23 @@ def main(
     scenarios = [
         s for s in (SMOKE if smoke else SCENARIOS) if not only or s.name in only
     ]
+    results = []
     with tempfile.TemporaryDirectory(prefix="llmq-bench-") as tmp:
         system = System(Path(tmp))
         try:
-            system.start()
-            results = []
+            if scenarios:
+                system.start()
             for scenario in scenarios:
                 for mode in ("direct", "llmq"):
                     click.echo(f"running {scenario.name} ({mode}) ...", err=True)
                     results.append(system.run(scenario, mode))
         finally:
             system.stop()
-    report = table(results) + "\n\nllmq against direct:\n\n" + ratios(results)
+    report = (
+        table(results) + "\n\nllmq against direct:\n\n" + ratios(results)
+        if results
+        else ""
+    )
     if smoke:
         problems = smoke_problems(results)
         click.echo(report)

@@ -185,15 +185,8 @@ class System:
         before = {name: cpu_seconds(pids) for name, pids in groups.items()}
         sampler = _Sampler(self.redis_url, groups["web"] + groups["worker"])
         sampler.start()
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.load", json.dumps(spec)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        data = run_load(spec)
         sampler.stop()
-        data = _load_result(out)
         wall = data["wall"]
         cpu = {
             name: (cpu_seconds(pids) - before[name]) / wall
@@ -209,6 +202,18 @@ class System:
             sampler.peak_rss,
             sampler.peak_clients,
         )
+
+
+def run_load(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``bench.load`` on ``spec`` in a process of its own; its result."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.load", json.dumps(spec)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return _load_result(out)
 
 
 def _load_result(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
