@@ -135,10 +135,13 @@ class Retention:
             )
             for job in jobs
         }
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.zrem(keys.HISTORY_UNWRITTEN_KEY, *ids)
+        # Scheduled before it is taken off the unwritten set: a writer dying in
+        # between leaves a job in both, which the next writer settles, never in
+        # neither (which would keep its Redis copy for good).
+        pipe = self.redis.pipeline(transaction=False)
         if drops:
             pipe.zadd(keys.HISTORY_WRITTEN_KEY, drops)
+        pipe.zrem(keys.HISTORY_UNWRITTEN_KEY, *ids)
         pipe.execute()
 
     def drop_expired(self) -> int:
