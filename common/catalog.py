@@ -11,6 +11,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.accounts.pricing import Price
+
 #: Seconds each upstream timeout waits unless the catalog says otherwise.
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_FIRST_TOKEN_TIMEOUT_SECONDS = 60.0
@@ -60,14 +62,6 @@ class RetryPolicy(_Strict):
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
     base_delay: float = Field(default=DEFAULT_RETRY_BASE_SECONDS, ge=0)  # seconds
     max_delay: float = Field(default=DEFAULT_RETRY_MAX_SECONDS, ge=0)  # seconds
-
-
-class Price(_Strict):
-    """Price in account currency per 1K tokens, and per request."""
-
-    input_per_1k: float = Field(default=0.0, ge=0)
-    output_per_1k: float = Field(default=0.0, ge=0)
-    per_request: float = Field(default=0.0, ge=0)
 
 
 class SimulatedSpeed(_Strict):

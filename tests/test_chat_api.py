@@ -120,7 +120,15 @@ def test_models_lists_enabled_chat_models_with_context_and_price(
     fake = models["fake-model"].model_dump()
     assert fake["object"] == "model" and fake["owned_by"] == "fake"
     assert fake["context_length"] == 4096
-    assert fake["price"]["input_per_1k"] == 0.001
+    # Money is a decimal string (API.md section 8), never a float.
+    assert fake["price"] == {
+        "input_per_1k": "0.001",
+        "output_per_1k": "0.002",
+        "per_request": "0",
+        "per_second": "0",
+        "unit": "tokens",
+        "input_free": 0,
+    }
 
 
 def test_models_show_only_a_keys_allowed_models(stack: Stack) -> None:

@@ -33,7 +33,9 @@ def test_models_carry_every_field_seed_001_lists(
         "is_featured",
         "created_at",
         "updated_at",
+        "price",
     }
+    assert entry["price"]["input_per_1k"] == "0.001"
     assert isinstance(entry["id"], int)
     assert (entry["name"], entry["tag1"], entry["tag2"]) == ("Fake", "测试", "Fake")
     assert entry["type"] == 0 and entry["is_featured"] is True

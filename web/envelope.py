@@ -72,6 +72,7 @@ def catalog_entry(number: int, model: ModelConfig) -> dict[str, Any]:
         "is_featured": model.featured,
         "created_at": _iso(model.created_at),
         "updated_at": _iso(model.updated_at),
+        "price": model.price.shown(),
     }
 
 

@@ -28,7 +28,7 @@ def model_object(model: ModelConfig) -> dict[str, Any]:
         "description": model.description,
         "type": model.type,
         "context_length": model.context_length,
-        "price": model.price.model_dump(),
+        "price": model.price.shown(),
     }
 
 
