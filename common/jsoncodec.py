@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -33,6 +34,8 @@ _OPTIONS = orjson.OPT_NON_STR_KEYS
 #: in ``tools`` or ``response_format`` nests a few dozen levels at most; far
 #: deeper input only makes every later encoder and validator recurse.
 MAX_REQUEST_DEPTH = 128
+#: Largest power of ten an exact number may have (a float's range is 308).
+MAX_EXACT_EXPONENT = 308
 _TOO_DEEP = f"the body nests deeper than {MAX_REQUEST_DEPTH} levels"
 
 
@@ -61,6 +64,13 @@ def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise InvalidJSONError(f"the number {text[:40]} is too large")
+    return value
+
+
+def _exact(text: str) -> Decimal:
+    value = Decimal(text)
+    if not value.is_finite() or abs(value.adjusted()) > MAX_EXACT_EXPONENT:
+        raise InvalidJSONError(f"the number {text[:40]} is out of range")
     return value
 
 
@@ -97,8 +107,11 @@ def _text(data: str | bytes) -> str:
         raise InvalidJSONError("the body is not UTF-8") from exc
 
 
-def loads_request(data: str | bytes) -> Any:
+def loads_request(data: str | bytes, exact_numbers: bool = False) -> Any:
     """A request body's value, by the rules every route shares.
+
+    ``exact_numbers``: numbers with a fraction or exponent as ``Decimal``, read
+    from their text (money, API.md section 8), instead of floats.
 
     Raises:
         InvalidJSONError: not JSON (or not UTF-8), ``NaN`` or ``Infinity``, a
@@ -106,7 +119,11 @@ def loads_request(data: str | bytes) -> Any:
     """
     text = _text(data)
     try:
-        value = json.loads(text, parse_float=_finite, parse_constant=_no_constant)
+        value = json.loads(
+            text,
+            parse_float=_exact if exact_numbers else _finite,
+            parse_constant=_no_constant,
+        )
     except RecursionError as exc:
         raise InvalidJSONError(_TOO_DEEP) from exc
     except ValueError as exc:

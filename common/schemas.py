@@ -5,7 +5,6 @@ Each model is declared once and serves both validation and the OpenAPI schema.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -156,42 +155,6 @@ class ProviderPath(BaseModel):
 
 class KeyPath(BaseModel):
     key_id: str = Field(max_length=100)
-
-
-#: Largest limit a key may have: its ``Integer`` columns hold 32 bits on PostgreSQL.
-KEY_LIMIT_MAX = 2**31 - 1
-#: Most money a key may hold: its ``Numeric(18, 6)`` columns stay below 10**12,
-#: and PostgreSQL reads a float at 15 digits, so 999999999999.9999 would be 10**12.
-KEY_MONEY_MAX = 10**12 - 1
-
-
-class KeyCreateRequest(BaseModel):
-    """``POST /admin/keys``; limits and balance are stored now, enforced later.
-
-    Bounded by what the key's columns hold: past that, the database refuses the
-    row, which is the client's error, not a 500 or a 503.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-    balance: float | None = Field(default=None, ge=0, le=KEY_MONEY_MAX)
-    daily_free: float | None = Field(default=None, ge=0, le=KEY_MONEY_MAX)
-    rpm: int | None = Field(default=None, ge=1, le=KEY_LIMIT_MAX)
-    tpm: int | None = Field(default=None, ge=1, le=KEY_LIMIT_MAX)
-    concurrency: int | None = Field(default=None, ge=1, le=KEY_LIMIT_MAX)
-    models: list[str] | None = None
-    expires_at: dt.datetime | None = None
-
-    @field_validator("expires_at")
-    @classmethod
-    def _has_a_utc_time(cls, value: dt.datetime | None) -> dt.datetime | None:
-        """The key stores its expiry in UTC, which year 1 or 9999 may lack."""
-        if value is not None and value.tzinfo is not None:
-            try:
-                value.astimezone(dt.UTC)
-            except OverflowError:
-                raise ValueError("the time in UTC is out of range") from None
-        return value
 
 
 def _field_path(loc: tuple[Any, ...]) -> list[str]:

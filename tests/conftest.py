@@ -23,8 +23,14 @@ import openai
 import pytest
 import redis
 import requests
+import sqlalchemy
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
+
+from common.accounts.store import KeyStore
+from common.db.engine import make_engine
+from common.db.migrate import migrate
+from tests.databases import POSTGRES_URL
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "test-admin-key"
@@ -503,3 +509,36 @@ settings.register_profile(
     database=DirectoryBasedExampleDatabase(ROOT / ".hypothesis" / "examples"),
 )
 settings.load_profile(os.environ.get("LLMQ_FUZZ_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The tests' PostgreSQL (tests/databases.py), checked to be reachable."""
+    engine = make_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+    except sqlalchemy.exc.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} "
+            f"(set LLMQ_TEST_POSTGRES_URL): {exc}"
+        )
+    finally:
+        engine.dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def key_store(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
+) -> Iterator[KeyStore]:
+    """The key store on a migrated SQLite file, and on PostgreSQL's ``test``."""
+    url = (
+        f"sqlite:///{tmp_path / 'keys.sqlite3'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    engine = make_engine(url)
+    migrate(engine)
+    yield KeyStore(engine, redis.Redis.from_url(redis_server.url))
+    engine.dispose()

@@ -4,16 +4,14 @@ written once, read back as written, listed newest first, purged when old."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy
-from sqlalchemy.engine import make_url
 
-from common.db.engine import make_engine, normalize_url
+from common.db.engine import make_engine
 from common.db.migrate import migrate
 from common.jobs import history as history_module
 from common.jobs.compaction import compact
@@ -23,17 +21,9 @@ from common.jobs.lifecycle import job_object
 from common.jobs.model import EventType, JobRecord, JobStatus, record_from
 from common.jsoncodec import dumps, dumps_bytes
 from tests.conftest import job_fields
+from tests.databases import fresh_postgres
 
-#: The CI machine runs PostgreSQL on loopback with trust auth (as test_keys.py).
-POSTGRES_URL = os.environ.get(
-    "LLMQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 CREATED = 1764800000.123456
-
-
-def _postgres_database(name: str) -> str:
-    url = make_url(normalize_url(POSTGRES_URL)).set(database=name)
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -49,29 +39,13 @@ def engine(
         yield engine
         engine.dispose()
         return
-    name = f"llmq_history_test_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(_postgres_database("postgres")).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    try:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f"create database {name}"))
-    except sqlalchemy.exc.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_URL} "
-            f"(set LLMQ_TEST_POSTGRES_URL): {exc}"
-        )
-    engine = make_engine(_postgres_database(name))
-    try:
-        migrate(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(
-                sqlalchemy.text(f"drop database if exists {name} with (force)")
-            )
-        admin.dispose()
+    with fresh_postgres("llmq_history") as url:
+        engine = make_engine(url)
+        try:
+            migrate(engine)
+            yield engine
+        finally:
+            engine.dispose()
 
 
 @pytest.fixture

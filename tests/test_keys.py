@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
 import pytest
-import redis
 import requests
 import sqlalchemy
 
 from common.accounts.models import digest
+from common.accounts.pricing import MICRO
+from common.accounts.requests import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from common.accounts.store import KeyStore
 from common.db.engine import make_engine
-from common.db.migrate import migrate
 from common.jobs.history import JobHistory
-from common.schemas import KEY_LIMIT_MAX, KEY_MONEY_MAX
 from tests.conftest import (
     ADMIN_KEY,
     ROOT,
@@ -36,41 +33,12 @@ from tests.conftest import (
     wait_until,
 )
 
-#: The CI machine runs PostgreSQL on loopback with trust auth and a ``test`` database.
-POSTGRES_URL = os.environ.get(
-    "LLMQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    engine = make_engine(POSTGRES_URL)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("select 1"))
-    except sqlalchemy.exc.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_URL} "
-            f"(set LLMQ_TEST_POSTGRES_URL): {exc}"
-        )
-    finally:
-        engine.dispose()
-    return POSTGRES_URL
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
-    url = (
-        f"sqlite:///{tmp_path / 'keys.sqlite3'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    engine = make_engine(url)
-    migrate(engine)
-    client = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
-    yield KeyStore(engine, client)
-    engine.dispose()
+@pytest.fixture
+def store(key_store: KeyStore) -> KeyStore:
+    return key_store
 
 
 def test_a_created_key_authenticates_and_is_stored_only_hashed(store: KeyStore) -> None:
@@ -141,6 +109,26 @@ def test_list_and_get_show_keys_without_the_key(store: KeyStore) -> None:
     assert store.get("key_missing") is None and store.revoke("key_missing") is None
 
 
+def test_admin_reads_money_exactly_from_the_json_text(stack: Stack) -> None:
+    body = b'{"name": "exact", "balance": 999999999999.999999, "daily_free": 0.1}'
+    resp = requests.post(
+        f"{stack.url}/admin/keys",
+        data=body,
+        headers={**ADMIN, "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert resp.status_code == 201, resp.text
+    created = resp.json()
+    assert (created["balance"], created["daily_free"]) == ("999999999999.999999", "0.1")
+    as_text = requests.post(
+        f"{stack.url}/admin/keys",
+        json={"name": "text", "balance": "12.5"},
+        headers=ADMIN,
+        timeout=10,
+    )
+    assert as_text.json()["balance"] == "12.5"
+
+
 def test_admin_creates_a_key_with_201_and_shows_it_once(stack: Stack) -> None:
     resp = requests.post(
         f"{stack.url}/admin/keys",
@@ -151,7 +139,8 @@ def test_admin_creates_a_key_with_201_and_shows_it_once(stack: Stack) -> None:
     assert resp.status_code == 201
     created = resp.json()
     assert {"id", "key", "name"} <= set(created) and created["name"] == "svc"
-    assert created["balance"] == 10 and created["rpm"] == 5
+    # Money is shown as a decimal string (API.md section 8).
+    assert created["balance"] == "10" and created["rpm"] == 5
     listed = requests.get(f"{stack.url}/admin/keys", headers=ADMIN, timeout=10).json()[
         "data"
     ]
@@ -196,7 +185,10 @@ def test_admin_rejects_a_bad_key_request(stack: Stack) -> None:
         {"rpm": 2**63},  # beyond SQLite's INTEGER: was a 500
         {"tpm": 2**31},  # beyond PostgreSQL's integer: was a 503
         {"concurrency": 10**30},
-        {"balance": 999_999_999_999.9999},  # 10**12 to PostgreSQL: a 503
+        {"balance": 10**12},  # 10**12 to PostgreSQL: was a 503
+        {"balance": "1000000000000"},
+        {"balance": 12.5000001},  # finer than a micro-unit
+        {"balance": -1},
         {"daily_free": 1e308},
         {"expires_at": "9999-12-31T23:59:59-05:00"},  # no UTC time: was a 500
         {"expires_at": "0001-01-01T00:00:00+05:00"},
@@ -220,15 +212,17 @@ def test_admin_refuses_a_key_its_columns_cannot_hold(
 def test_a_key_at_the_request_bounds_fits_its_columns(store: KeyStore) -> None:
     """What KeyCreateRequest admits the columns hold, on either database."""
     most = {"rpm": KEY_LIMIT_MAX, "tpm": KEY_LIMIT_MAX, "concurrency": KEY_LIMIT_MAX}
+    money = KEY_MONEY_MAX * MICRO + MICRO - 1  # 999999999999.999999
     row, _ = store.create(
         "at-bounds",
-        balance=float(KEY_MONEY_MAX),
-        daily_free=float(KEY_MONEY_MAX),
+        balance=money,
+        daily_free=money,
         expires_at=dt.datetime(9999, 12, 31, 23, 59, 59),
         **most,
     )
     stored = store.get(row.id)
-    assert stored is not None and stored.balance == KEY_MONEY_MAX
+    assert stored is not None and stored.balance_micro == money
+    assert stored.to_dict()["balance"] == "999999999999.999999"
     assert stored.rpm == stored.tpm == stored.concurrency == KEY_LIMIT_MAX
 
 
@@ -255,7 +249,7 @@ def test_flask_cli_creates_lists_and_revokes_keys(stack: Stack) -> None:
         == 200
     )
     assert any(
-        line.startswith(key_id) and line.endswith("active")
+        line.startswith(key_id) and line.endswith("\tactive\tunmetered")
         for line in _flask(stack.env, "list").splitlines()
     )
     assert _flask(stack.env, "revoke", key_id) == f"revoked {key_id}"

@@ -20,12 +20,11 @@ import sqlalchemy
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.engine import make_url
 
 import common
 from common.accounts.models import ApiKey
 from common.db.base import Base
-from common.db.engine import make_engine, normalize_url
+from common.db.engine import make_engine
 from common.db.migrate import (
     BASELINE_REVISION,
     LOCK_SUFFIX,
@@ -35,22 +34,12 @@ from common.db.migrate import (
     migration_lock,
 )
 from tests.conftest import ROOT, wait_until
+from tests.databases import fresh_postgres
 
-#: The CI machine runs PostgreSQL on loopback with trust auth (as test_keys.py).
-POSTGRES_URL = os.environ.get(
-    "LLMQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-#: Made afresh for each test and dropped after it: other tests' tables stay apart.
-DATABASE = "llmq_migrations_test"
 #: Processes migrating one fresh database at once, as web and workers start.
 PROCESSES = 4
 #: Statements that would change a database: a migration that is a no-op sends none.
 WRITES = ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")
-
-
-def _postgres_database(name: str) -> str:
-    url = make_url(normalize_url(POSTGRES_URL)).set(database=name)
-    return url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,25 +48,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'llmq.sqlite3'}"
         return
-    admin = make_engine(_postgres_database("postgres")).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
-    drop = sqlalchemy.text(f"drop database if exists {DATABASE} with (force)")
-    try:
-        with admin.connect() as conn:
-            conn.execute(drop)
-            conn.execute(sqlalchemy.text(f"create database {DATABASE}"))
-    except sqlalchemy.exc.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_URL} "
-            f"(set LLMQ_TEST_POSTGRES_URL): {exc}"
-        )
-    try:
-        yield _postgres_database(DATABASE)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(drop)
-        admin.dispose()
+    with fresh_postgres("llmq_migrations") as fresh:
+        yield fresh
 
 
 @pytest.fixture
@@ -115,26 +87,66 @@ def test_a_fresh_database_migrates_to_exactly_what_the_models_declare(
     assert _differences(engine) == []
 
 
+#: The api_keys table as create_all made it before migrations (and revision 0001
+#: has it): money as exact decimals.
+_OLD = sqlalchemy.MetaData()
+OLD_API_KEYS = sqlalchemy.Table(
+    "api_keys",
+    _OLD,
+    sqlalchemy.Column("id", sqlalchemy.String(40), primary_key=True),
+    sqlalchemy.Column("name", sqlalchemy.String(200), nullable=False),
+    sqlalchemy.Column(
+        "key_hash", sqlalchemy.String(64), nullable=False, unique=True, index=True
+    ),
+    sqlalchemy.Column("hint", sqlalchemy.String(16), nullable=False),
+    sqlalchemy.Column("created_at", sqlalchemy.DateTime(), nullable=False),
+    sqlalchemy.Column("revoked_at", sqlalchemy.DateTime(), nullable=True),
+    sqlalchemy.Column("expires_at", sqlalchemy.DateTime(), nullable=True),
+    sqlalchemy.Column("balance", sqlalchemy.Numeric(18, 6), nullable=True),
+    sqlalchemy.Column("daily_free", sqlalchemy.Numeric(18, 6), nullable=True),
+    sqlalchemy.Column("rpm", sqlalchemy.Integer(), nullable=True),
+    sqlalchemy.Column("tpm", sqlalchemy.Integer(), nullable=True),
+    sqlalchemy.Column("concurrency", sqlalchemy.Integer(), nullable=True),
+    sqlalchemy.Column("models", sqlalchemy.JSON(), nullable=True),
+)
+
+
 def test_a_database_made_before_migrations_is_adopted_with_its_rows(
     engine: sqlalchemy.Engine,
 ) -> None:
-    Base.metadata.create_all(engine, tables=[ApiKey.__table__])  # the old way
+    _OLD.create_all(engine)  # the old way
     row = {
         "id": "key_old",
         "name": "made before migrations",
         "key_hash": "0" * 64,
         "hint": "llmq-...abcd",
         "created_at": dt.datetime(2026, 1, 2, 3, 4, 5),
-        "balance": Decimal("12.5"),
         "models": ["sim-model"],
     }
+    money = {"balance": Decimal("12345.678901"), "daily_free": Decimal("0.5")}
+    unmetered = {**row, "id": "key_free", "key_hash": "1" * 64}
+    none = {"balance": None, "daily_free": None}
     with engine.begin() as conn:
-        conn.execute(sqlalchemy.insert(ApiKey.__table__), row)
+        conn.execute(
+            sqlalchemy.insert(OLD_API_KEYS), [{**row, **money}, {**unmetered, **none}]
+        )
     migrate(engine)
     assert _revision(engine) == head_revision()
     with engine.connect() as conn:
-        kept = conn.execute(sqlalchemy.select(ApiKey.__table__)).mappings().all()
-    assert [{k: r[k] for k in row} for r in kept] == [row]
+        kept = (
+            conn.execute(
+                sqlalchemy.select(ApiKey.__table__).order_by(ApiKey.__table__.c.id)
+            )
+            .mappings()
+            .all()
+        )
+    assert [{k: r[k] for k in row} for r in kept] == [unmetered, row]
+    # The money carried over exactly, as micro-units; no balance stays none.
+    assert (kept[1]["balance_micro"], kept[1]["daily_free_micro"]) == (
+        12_345_678_901,
+        500_000,
+    )
+    assert (kept[0]["balance_micro"], kept[0]["daily_free_micro"]) == (None, None)
     assert _differences(engine) == []
 
 

@@ -47,29 +47,11 @@ from tests.conftest import (
     stop_process,
     wait_until,
 )
+from tests.databases import fresh_postgres
 from tests.tcp_proxy import TcpProxy
-from tests.test_keys import POSTGRES_URL
 
 #: The replay window of these stacks.
 WINDOW_SECONDS = 2
-
-
-@contextlib.contextmanager
-def fresh_postgres() -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped afterwards."""
-    name = f"llmq_retention_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(
-        make_url(make_engine(POSTGRES_URL).url).set(database="postgres"),
-        isolation_level="AUTOCOMMIT",
-    )
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield str(make_url(POSTGRES_URL).set(database=name))
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextlib.contextmanager

@@ -1,17 +1,47 @@
-"""Admin routes for API keys, guarded by ``LLMQ_ADMIN_KEY``."""
+"""Admin routes for API keys and their money, guarded by ``LLMQ_ADMIN_KEY``."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from common.errors import NotFoundError
-from common.schemas import KeyCreateRequest, KeyPath
+from common.accounts.ledger import LedgerRow
+from common.accounts.pricing import format_money
+from common.accounts.requests import (
+    CreditRequest,
+    KeyCreateRequest,
+    KeyUpdateRequest,
+    LedgerQuery,
+)
+from common.accounts.store import InsufficientBalanceError, credit, ledger_page
+from common.errors import InvalidRequestError, NotFoundError
+from common.schemas import KeyPath
 from web import auth
 from web.context import services
 
 bp = APIBlueprint("admin", __name__, url_prefix="/admin", abp_tags=[Tag(name="admin")])
 bp.before_request(auth.require_admin)
+
+
+def ledger_entry(row: LedgerRow) -> dict[str, Any]:
+    """A ledger row as API.md section 8 shows it, money as decimal strings."""
+    return {
+        "id": row.id,
+        "object": "ledger_entry",
+        "kind": row.kind,
+        "source": row.source,
+        "amount": format_money(row.amount_micro),
+        "balance_after": format_money(row.balance_after_micro),
+        "job_id": row.job_id,
+        "note": row.note,
+        "created_at": int(row.created_at.timestamp()),
+    }
+
+
+def _missing(key_id: str) -> NotFoundError:
+    return NotFoundError(f"no key {key_id!r}", param="key_id")
 
 
 @bp.post("/keys")
@@ -33,7 +63,18 @@ def get_key(path: KeyPath) -> Response:
     """One key's details."""
     row = services().keys.get(path.key_id)
     if row is None:
-        raise NotFoundError(f"no key {path.key_id!r}", param="key_id")
+        raise _missing(path.key_id)
+    return jsonify(row.to_dict())
+
+
+@bp.patch("/keys/<key_id>")
+def update_key(path: KeyPath, body: KeyUpdateRequest) -> Response:
+    """Change a key's name, limits, allow-list, expiry or daily allowance; every
+    web process applies it from its next request."""
+    changes = body.model_dump(include=body.model_fields_set)
+    row = services().keys.update(path.key_id, changes)
+    if row is None:
+        raise _missing(path.key_id)
     return jsonify(row.to_dict())
 
 
@@ -42,5 +83,39 @@ def revoke_key(path: KeyPath) -> Response:
     """Revoke a key: it stops working at once."""
     row = services().keys.revoke(path.key_id)
     if row is None:
-        raise NotFoundError(f"no key {path.key_id!r}", param="key_id")
+        raise _missing(path.key_id)
     return jsonify(row.to_dict())
+
+
+@bp.post("/keys/<key_id>/credit")
+def credit_key(path: KeyPath, body: CreditRequest) -> Response:
+    """Add to a key's balance (a negative amount debits); the ledger row."""
+    try:
+        row = credit(services().keys.engine, path.key_id, body.amount, body.note)
+    except InsufficientBalanceError:
+        raise InvalidRequestError(
+            "the debit is larger than the key's balance", param="amount"
+        ) from None
+    if row is None:
+        raise _missing(path.key_id)
+    return jsonify(ledger_entry(row))
+
+
+@bp.get("/keys/<key_id>/ledger")
+def key_ledger(path: KeyPath, query: LedgerQuery) -> Response:
+    """A key's ledger, oldest first, as an OpenAI list."""
+    if services().keys.get(path.key_id) is None:
+        raise _missing(path.key_id)
+    rows, more = ledger_page(
+        services().keys.engine, path.key_id, query.after, query.limit
+    )
+    data = [ledger_entry(row) for row in rows]
+    return jsonify(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": more,
+        }
+    )

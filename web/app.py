@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app, g, has_request_context, request
 from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
@@ -42,6 +42,8 @@ CORS_EXPOSED_HEADERS = (
     "x-ratelimit-remaining-tokens",
     "x-ratelimit-reset-tokens",
 )
+#: Blueprints whose JSON numbers are read exactly (Decimal): they take money.
+EXACT_NUMBER_BLUEPRINTS = frozenset({"admin"})
 #: How long a browser may reuse a preflight's answer.
 CORS_MAX_AGE_SECONDS = 600
 
@@ -54,7 +56,9 @@ class CompactJSONProvider(DefaultJSONProvider):
     ensure_ascii = False
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return loads_request(s)
+        # Admin bodies carry money: their numbers are read exactly.
+        exact = has_request_context() and request.blueprint in EXACT_NUMBER_BLUEPRINTS
+        return loads_request(s, exact_numbers=exact)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
         body = dumps_bytes(self._prepare_response_obj(args, kwargs))

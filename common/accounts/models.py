@@ -8,12 +8,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, Numeric, String
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from common.accounts.pricing import format_money
 from common.db.base import Base
 
 KEY_PREFIX = "llmq-"
@@ -31,8 +31,10 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    balance: Mapped[Decimal | None] = mapped_column(Numeric(18, 6), nullable=True)
-    daily_free: Mapped[Decimal | None] = mapped_column(Numeric(18, 6), nullable=True)
+    #: Micro-units (common/accounts/pricing.py); None: the key is not metered.
+    balance_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: Micro-units of free allowance each day; None: none.
+    daily_free_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -52,15 +54,17 @@ class ApiKey(Base):
             "created_at": stamp(self.created_at),
             "revoked_at": stamp(self.revoked_at),
             "expires_at": stamp(self.expires_at),
-            "balance": float(self.balance) if self.balance is not None else None,
-            "daily_free": float(self.daily_free)
-            if self.daily_free is not None
-            else None,
+            "balance": _shown(self.balance_micro),
+            "daily_free": _shown(self.daily_free_micro),
             "rpm": self.rpm,
             "tpm": self.tpm,
             "concurrency": self.concurrency,
             "models": self.models,
         }
+
+
+def _shown(micro: int | None) -> str | None:
+    return None if micro is None else format_money(micro)
 
 
 @dataclass(frozen=True)

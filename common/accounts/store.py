@@ -17,9 +17,10 @@ import uuid
 from typing import Any, cast
 
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
+from common.accounts.ledger import LedgerKind, LedgerRow, Source
 from common.accounts.models import (
     KEY_PREFIX,
     ApiKey,
@@ -42,20 +43,46 @@ class KeyStore:
         self.redis = client
         self._cache: dict[str, KeyIdentity] = {}
 
-    def create(self, name: str, **limits: Any) -> tuple[ApiKey, str]:
-        """Create a key; return its row and the key itself (shown only now)."""
+    def create(
+        self,
+        name: str,
+        balance: int | None = None,
+        daily_free: int | None = None,
+        **limits: Any,
+    ) -> tuple[ApiKey, str]:
+        """Create a key; return its row and the key itself (shown only now).
+
+        ``balance`` and ``daily_free`` are micro-units; a key given a balance is
+        metered, and its first ledger row credits that balance.
+        """
         raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
         row = ApiKey(
             id=f"key_{uuid.uuid4().hex[:20]}",
             name=name,
             key_hash=digest(raw),
             hint=f"{raw[:9]}…{raw[-4:]}",
-            created_at=utcnow(),
+            created_at=now,
             expires_at=naive_utc(limits.pop("expires_at", None)),
+            balance_micro=balance,
+            daily_free_micro=daily_free,
             **limits,
         )
         with Session(self.engine, expire_on_commit=False) as session:
             session.add(row)
+            if balance is not None:
+                session.flush()
+                session.add(
+                    LedgerRow(
+                        key_id=row.id,
+                        kind=LedgerKind.CREDIT,
+                        source=Source.BALANCE,
+                        amount_micro=balance,
+                        balance_after_micro=balance,
+                        note="opening balance",
+                        created_at=now,
+                    )
+                )
             session.commit()
         return row, raw
 
@@ -66,6 +93,25 @@ class KeyStore:
     def get(self, key_id: str) -> ApiKey | None:
         with Session(self.engine) as session:
             return session.get(ApiKey, key_id)
+
+    def update(self, key_id: str, changes: dict[str, Any]) -> ApiKey | None:
+        """Apply ``changes`` (name, limits, models, expiry, daily_free in
+        micro-units) to a key; every process re-reads it on its next request
+        (the generation counter moves). None if there is no such key."""
+        columns = {
+            "daily_free_micro" if name == "daily_free" else name: value
+            for name, value in changes.items()
+        }
+        if "expires_at" in columns:
+            columns["expires_at"] = naive_utc(columns["expires_at"])
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.get(ApiKey, key_id)
+            if row is not None:
+                for name, value in columns.items():
+                    setattr(row, name, value)
+                session.commit()
+                self.redis.incr(KEYS_GENERATION_KEY)
+            return row
 
     def revoke(self, key_id: str) -> ApiKey | None:
         """Revoke a key; None if there is no such key."""
@@ -140,3 +186,61 @@ def _live(identity: KeyIdentity | None) -> KeyIdentity | None:
     if identity.expires_at is not None and identity.expires_at <= utcnow():
         return None
     return identity
+
+
+class InsufficientBalanceError(Exception):
+    """A debit would take the balance below zero."""
+
+
+def credit(
+    engine: Engine, key_id: str, amount: int, note: str | None = None
+) -> LedgerRow | None:
+    """Add ``amount`` micro-units (negative: a debit) to a key's balance, with
+    its ledger row, in one transaction; None if there is no such key.
+
+    One ``UPDATE`` both checks and changes the balance, so concurrent credits
+    and debits on any number of processes add up and none takes it below zero.
+    A credit to an unmetered key meters it from then on.
+
+    Raises:
+        InsufficientBalanceError: a debit larger than the balance; nothing changed.
+    """
+    balance = func.coalesce(ApiKey.balance_micro, 0)
+    with Session(engine, expire_on_commit=False) as session:
+        after = session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, balance + amount >= 0)
+            .values(balance_micro=balance + amount)
+            .returning(ApiKey.balance_micro)
+            .execution_options(synchronize_session=False)
+        ).scalar()
+        if after is None:
+            session.rollback()
+            if session.get(ApiKey, key_id) is None:
+                return None
+            raise InsufficientBalanceError
+        row = LedgerRow(
+            key_id=key_id,
+            kind=LedgerKind.CREDIT,
+            source=Source.BALANCE,
+            amount_micro=amount,
+            balance_after_micro=after,
+            note=note,
+            created_at=utcnow(),
+        )
+        session.add(row)
+        session.commit()
+        return row
+
+
+def ledger_page(
+    engine: Engine, key_id: str, after: int | None, limit: int
+) -> tuple[list[LedgerRow], bool]:
+    """A key's ledger rows, oldest first, after the row id ``after``; and
+    whether more follow."""
+    query = select(LedgerRow).where(LedgerRow.key_id == key_id)
+    if after is not None:
+        query = query.where(LedgerRow.id > after)
+    with Session(engine) as session:
+        rows = list(session.scalars(query.order_by(LedgerRow.id).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

@@ -6,7 +6,10 @@ in, so that every migration runs under its lock and in its transaction.
 
 from alembic import context
 
-from common.accounts import models  # noqa: F401  (registers api_keys on Base)
+from common.accounts import (
+    ledger,  # noqa: F401  (registers ledger, job_usage)
+    models,  # noqa: F401  (registers api_keys on Base)
+)
 from common.db.base import Base
 from common.jobs import history  # noqa: F401  (registers jobs on Base)
 
