@@ -122,6 +122,11 @@ class CompletionAccumulator:
     def text(self) -> str:
         return "".join(self.content)
 
+    @property
+    def usage_reported(self) -> bool:
+        """Whether the provider sent a usage object ``final_usage`` returns."""
+        return bool(self.usage and "prompt_tokens" in self.usage)
+
     def final_usage(self, prompt_estimate: int) -> dict[str, Any]:
         """The provider's usage, or an estimate when it reported none."""
         if self.usage and "prompt_tokens" in self.usage:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.catalog import Catalog, load_catalog
 
@@ -37,6 +38,8 @@ DEFAULT_LEASE_SECONDS = 15.0
 DEFAULT_WORKER_GRACE_SECONDS = 30.0
 #: Deltas of one stream arriving within this window go out as one event.
 DEFAULT_DELTA_WINDOW_MS = 10.0
+#: Where the daily free allowance resets (API.md section 11).
+DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")
 #: Origins whose web pages may call llmq from a browser; ``*`` is any origin.
 DEFAULT_CORS_ORIGINS = ("*",)
 #: What a browser sends as ``Origin``: scheme, host (IPv6 in brackets), port.
@@ -71,6 +74,8 @@ class Settings:
     worker_grace_seconds: float = DEFAULT_WORKER_GRACE_SECONDS
     delta_window_ms: float = DEFAULT_DELTA_WINDOW_MS
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    #: Where the daily free allowance resets at midnight.
+    timezone: ZoneInfo = DEFAULT_TIMEZONE
 
 
 def _positive(
@@ -95,6 +100,16 @@ def _positive_int(
     if value != int(value):
         raise ConfigError(f"{name} must be a whole number")
     return int(value)
+
+
+def _timezone(environ: Mapping[str, str], name: str) -> ZoneInfo:
+    raw = environ.get(name) or ""
+    if not raw:
+        return DEFAULT_TIMEZONE
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a time zone name, not {raw!r}") from exc
 
 
 def _origins(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -185,5 +200,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             env, "LLMQ_DELTA_WINDOW_MS", DEFAULT_DELTA_WINDOW_MS, allow_zero=True
         ),
         cors_origins=_origins(env, "LLMQ_CORS_ORIGINS"),
+        timezone=_timezone(env, "LLMQ_TIMEZONE"),
     )
     return _check_visibility(settings)

@@ -114,6 +114,20 @@ class ForbiddenError(GatewayError):
     status = 403
 
 
+class InsufficientQuotaError(GatewayError):
+    """The key's money left does not cover the request's input and one unit out
+    (seed 003: 403); ``balance_micro`` is for the answer's X-Account-Balance."""
+
+    code = "insufficient_quota"
+    status = 403
+
+    def __init__(self, balance_micro: int) -> None:
+        super().__init__(
+            "this key's balance and free allowance do not cover the request"
+        )
+        self.balance_micro = balance_micro
+
+
 class NotFoundError(GatewayError):
     code = "not_found"
     status = 404

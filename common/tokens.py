@@ -19,7 +19,7 @@ def estimate_text_tokens(text: str) -> int:
     return wide + math.ceil((len(text) - wide) / 4)
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -32,7 +32,7 @@ def _content_text(content: Any) -> str:
 def estimate_prompt_tokens(messages: list[dict[str, Any]]) -> int:
     """Estimate the prompt tokens of a chat request's messages."""
     return sum(
-        MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(_content_text(m.get("content")))
+        MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(content_text(m.get("content")))
         for m in messages
     )
 

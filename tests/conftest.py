@@ -30,7 +30,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from common.accounts.store import KeyStore
 from common.db.engine import make_engine
 from common.db.migrate import migrate
-from tests.databases import POSTGRES_URL
+from tests.databases import POSTGRES_URL, fresh_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "test-admin-key"
@@ -252,6 +252,10 @@ models:
     fallbacks: [sim-model]
   - id: sim-model
     provider: sim
+  - id: chars-model
+    provider: fake
+    upstream_model: upstream-model
+    price: {{unit: chars, output_per_1k: 10, input_per_1k: 5, input_free: 500}}
   - id: embed-model
     provider: fake
     type: 1
@@ -532,13 +536,15 @@ def postgres_url() -> str:
 def key_store(
     request: pytest.FixtureRequest, tmp_path: Path, redis_server: RedisServer
 ) -> Iterator[KeyStore]:
-    """The key store on a migrated SQLite file, and on PostgreSQL's ``test``."""
-    url = (
-        f"sqlite:///{tmp_path / 'keys.sqlite3'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
-    engine = make_engine(url)
-    migrate(engine)
-    yield KeyStore(engine, redis.Redis.from_url(redis_server.url))
-    engine.dispose()
+    """The key store on a migrated SQLite file, and on a PostgreSQL database of
+    the test's own (the ledger's sums and scans see only its rows)."""
+    with contextlib.ExitStack() as stack:
+        url = (
+            f"sqlite:///{tmp_path / 'keys.sqlite3'}"
+            if request.param == "sqlite"
+            else stack.enter_context(fresh_postgres("llmq_keys"))
+        )
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        migrate(engine)
+        yield KeyStore(engine, redis.Redis.from_url(redis_server.url))

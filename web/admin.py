@@ -14,11 +14,13 @@ from common.accounts.requests import (
     KeyCreateRequest,
     KeyUpdateRequest,
     LedgerQuery,
+    UsageQuery,
 )
 from common.accounts.store import InsufficientBalanceError, credit, ledger_page
 from common.errors import InvalidRequestError, NotFoundError
 from common.schemas import KeyPath
 from web import auth
+from web.account import usage_answer
 from web.context import services
 
 bp = APIBlueprint("admin", __name__, url_prefix="/admin", abp_tags=[Tag(name="admin")])
@@ -119,3 +121,9 @@ def key_ledger(path: KeyPath, query: LedgerQuery) -> Response:
             "has_more": more,
         }
     )
+
+
+@bp.get("/usage")
+def all_usage(query: UsageQuery) -> Response:
+    """Every key's usage by time bucket, by key or model (``format=csv`` too)."""
+    return usage_answer(query, None)

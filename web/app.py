@@ -10,6 +10,8 @@ from flask.json.provider import DefaultJSONProvider
 from flask_cors import CORS
 from flask_openapi3 import Info, OpenAPI
 
+from common.accounts.billing import Billing
+from common.accounts.pricing import format_money
 from common.accounts.store import KeyStore
 from common.config import Settings, load_settings
 from common.db.engine import make_engine
@@ -22,8 +24,8 @@ from common.jsoncodec import dumps_bytes, loads_request
 from common.limits import Limiter
 from common.redis import socket_check
 from common.redis.client import connect
-from web import admin, chat, envelope, health, jobs, legacy, models
-from web.cli import keys_cli
+from web import account, admin, chat, envelope, health, jobs, legacy, models
+from web.cli import keys_cli, usage_command
 from web.context import Services
 from web.errors import register_error_handlers, validation_error_response
 from web.relay import drop_unfollowed
@@ -78,6 +80,7 @@ def _services(settings: Settings) -> Services:
         TaskMessages(make_celery(settings)).run_job,
         keys,
         JobHistory(engine),
+        Billing(engine, settings.timezone, settings.catalog.total_timeouts()),
     )
     return Services(settings, client, jobs_service, keys)
 
@@ -117,6 +120,19 @@ def _enable_cors(app: OpenAPI, origins: tuple[str, ...]) -> None:
     app.before_request(_answer_preflight)
 
 
+def _balance_header(response: Response) -> None:
+    """``X-Account-Balance`` (seed 002) on every answer to a metered key, errors
+    included: the balance after this request's hold, else as it is now."""
+    caller = g.get("caller")
+    if caller is None or not caller.metered:
+        return
+    balance = g.get("balance_micro")
+    if balance is None:
+        balance = current_app.extensions["llmq"].jobs.billing.balance(caller.id)
+    if balance is not None:
+        response.headers["X-Account-Balance"] = format_money(balance)
+
+
 def create_app(settings: Settings | None = None) -> OpenAPI:
     """Build the web app; ``settings`` defaults to the environment's."""
     settings = settings or load_settings()
@@ -134,9 +150,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.extensions["llmq"] = _services(settings)
     register_error_handlers(app)
     _enable_cors(app, settings.cors_origins)
-    for surface in (health, chat, models, jobs, envelope, legacy, admin):
+    for surface in (health, chat, models, jobs, envelope, legacy, account, admin):
         app.register_api(surface.bp)
     app.cli.add_command(keys_cli)
+    app.cli.add_command(usage_command)
 
     app.teardown_request(drop_unfollowed)
 
@@ -147,6 +164,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
             response.headers.setdefault("X-Job-Id", job_id)
         for name, value in g.get("rate_headers", {}).items():
             response.headers.setdefault(name, value)
+        _balance_header(response)
         return response
 
     return app

@@ -1,14 +1,17 @@
-"""``flask --app web keys ...``: manage API keys from the command line."""
+"""``flask --app web keys ...`` and ``flask --app web usage``: keys, their
+money and their usage from the command line."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from common.accounts.pricing import MoneyError, format_money, parse_money
+from common.accounts.reports import BucketWidth, GroupBy, usage_csv, usage_page
 from common.accounts.store import InsufficientBalanceError, KeyStore, credit
 
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -88,3 +91,23 @@ def revoke_key(key_id: str) -> None:
     if _store().revoke(key_id) is None:
         raise click.ClickException(f"no key {key_id}")
     click.echo(f"revoked {key_id}")
+
+
+@click.command("usage")
+@click.option("--group-by", type=click.Choice([g.value for g in GroupBy]), default=None)
+@click.option("--days", default=7, show_default=True, help="Days back from now.")
+def usage_command(group_by: str | None, days: int) -> None:
+    """Every key's usage by day, as CSV (what GET /admin/usage?format=csv gives)."""
+    end = int(time.time())
+    start = end - days * 86_400
+    page = usage_page(
+        _store().engine,
+        start=start,
+        end=end,
+        width=BucketWidth.DAY,
+        group_by=GroupBy(group_by) if group_by else None,
+        key_id=None,
+        limit=days + 1,
+        page=0,
+    )
+    click.echo(usage_csv(page), nl=False)

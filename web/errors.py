@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.errors import (
     GatewayError,
+    InsufficientQuotaError,
     InvalidJSONError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -74,6 +75,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(GatewayError)
     def _gateway(exc: GatewayError) -> Response:
         response = error_response(exc)
+        if isinstance(exc, InsufficientQuotaError):
+            g.balance_micro = exc.balance_micro
         if isinstance(exc, RateLimitedError):
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
             caller = g.get("caller")

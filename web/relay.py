@@ -33,6 +33,8 @@ def submitted(submission: Submission) -> JobRecord:
     """
     g.job_id = submission.job.id
     g.rate_headers = rate_limit_headers(auth.caller(), submission.admission)
+    if submission.balance_micro is not None:
+        g.balance_micro = submission.balance_micro
     if submission.inbox is not None:
         g.inbox = submission.inbox
     return submission.job

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+from common.accounts.billing import Billing
 from common.config import load_settings
 from common.db.engine import make_engine
 from common.db.migrate import migrate
@@ -30,6 +31,7 @@ def main() -> None:
         JobHistory(engine),
         settings.events_ttl_seconds,
         settings.job_ttl_seconds,
+        Billing(engine, settings.timezone),
     ).run_forever(prepare=partial(migrate, engine))
 
 

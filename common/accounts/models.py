@@ -35,6 +35,9 @@ class ApiKey(Base):
     balance_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     #: Micro-units of free allowance each day; None: none.
     daily_free_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: What is left of the allowance on ``free_day`` (YYYY-MM-DD in LLMQ_TIMEZONE).
+    free_left_micro: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    free_day: Mapped[str | None] = mapped_column(String(10), nullable=True)
     rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     tpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -81,6 +84,8 @@ class KeyIdentity:
     #: The key's digest, and the keys' generation counter it was checked at.
     digest: str = ""
     generation: str = ""
+    #: The key has a balance: its requests are charged (API.md section 8).
+    metered: bool = False
 
 
 def digest(raw_key: str) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from common.accounts.pricing import MICRO, MoneyError, parse_money
+from common.accounts.reports import BucketWidth, GroupBy
 
 #: Largest limit a key may have: its ``Integer`` columns hold 32 bits on PostgreSQL.
 KEY_LIMIT_MAX = 2**31 - 1
@@ -83,3 +84,16 @@ class LedgerQuery(BaseModel):
 
     after: int | None = Field(default=None, ge=0)
     limit: int = Field(default=20, ge=1, le=100)
+
+
+class UsageQuery(BaseModel):
+    """``GET /v1/usage`` and ``/admin/usage``, as OpenAI's usage API takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+    start_time: int = Field(ge=0)
+    end_time: int | None = Field(default=None, ge=0)
+    bucket_width: BucketWidth = BucketWidth.DAY
+    group_by: GroupBy | None = None
+    limit: int = Field(default=7, ge=1, le=168)
+    page: int = Field(default=0, ge=0)
+    format: Literal["json", "csv"] = "json"

@@ -320,7 +320,11 @@ class JobRunner:
             status = JobStatus.FAILED
             log.info("job %s failed: %s", job.id, error.code)
         usage = acc.final_usage(estimate_prompt_tokens(job.request.get("messages", [])))
-        fields: dict[str, Any] = {**run.unsaved, "usage": usage}
+        fields: dict[str, Any] = {
+            **run.unsaved,
+            "usage": usage,
+            "usage_estimated": None if acc.usage_reported else 1,
+        }
         if status == JobStatus.SUCCEEDED or acc.chunks:
             fields["result"] = acc.completion(usage)
         events = run.take_unsent([])

@@ -101,3 +101,21 @@ def _fold_tool_calls(into: list[dict[str, Any]], calls: list[dict[str, Any]]) ->
                         function.setdefault(part, text)
             elif value is not None:
                 held.setdefault(name, value)
+
+
+def generated_text(events: Sequence[Compacted]) -> str:
+    """What a job generated, as its compacted log's delta holds it: the text,
+    the reasoning and the tool calls' arguments (what a price by character
+    counts)."""
+    parts: list[str] = []
+    for _, kind, data in events:
+        if kind != EventType.DELTA:
+            continue
+        for choice in data.get("choices") or []:
+            delta = choice.get("delta") or {}
+            parts += [delta.get(name) or "" for name in _TEXT_FIELDS]
+            parts += [
+                (call.get("function") or {}).get("arguments") or ""
+                for call in delta.get("tool_calls") or []
+            ]
+    return "".join(parts)

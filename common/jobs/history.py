@@ -10,12 +10,13 @@ telling Redis, a replay) changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Connection,
     Double,
     Engine,
     Index,
@@ -123,8 +124,16 @@ class JobHistory:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert the rows in one transaction; a job already there is left as it is."""
+    def write(
+        self,
+        rows: Sequence[dict[str, Any]],
+        within: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Insert the rows in one transaction; a job already there is left as it is.
+
+        ``within`` runs in the same transaction (settling the jobs' holds), so
+        it is committed exactly when the rows are.
+        """
         if not rows:
             return
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
@@ -133,6 +142,8 @@ class JobHistory:
         )
         with self.engine.begin() as conn:
             conn.execute(insert, list(rows))
+            if within is not None:
+                within(conn)
 
     def get(self, job_id: str) -> JobRecord | None:
         with Session(self.engine) as session:

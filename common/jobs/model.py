@@ -49,7 +49,7 @@ class LeaseOp(StrEnum):
 
 
 #: Record fields kept as JSON text.
-_JSON_FIELDS = ("request", "result", "error", "usage", "metadata")
+_JSON_FIELDS = ("request", "result", "error", "usage", "metadata", "price")
 
 
 #: A broker message's unacknowledged entry: (hash key, index zset key, delivery tag).
@@ -92,6 +92,11 @@ class JobRecord:
     key_tpm: int | None = None
     tpm_estimate: int | None = None
     key_slot: bool = False
+    #: The usage was counted by llmq: the provider reported none.
+    usage_estimated: bool = False
+    #: The price a metered key's hold was taken at, as ``Price.shown`` gives it
+    #: (None: not charged); the job is settled at the same price.
+    price: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -148,6 +153,8 @@ def decode_record(raw: dict[bytes, bytes]) -> JobRecord:
         key_tpm=int(f["key_tpm"]) if f.get("key_tpm") else None,
         tpm_estimate=int(f["tpm_estimate"]) if f.get("tpm_estimate") else None,
         key_slot=f.get("key_slot") == "1",
+        usage_estimated=f.get("usage_estimated") == "1",
+        price=loaded["price"],
     )
 
 

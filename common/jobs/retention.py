@@ -18,15 +18,20 @@ drops the Redis copies that are due and purges the database of jobs older than
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import cast
 
 import redis
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.jobs.compaction import compact
+from common.accounts.billing import Billing
+from common.accounts.models import utcnow
+from common.accounts.settlement import settle
+from common.jobs.compaction import compact, generated_text
 from common.jobs.events import events_of
 from common.jobs.history import JobHistory, row_values
 from common.jobs.model import JobRecord, decode_record
@@ -44,8 +49,11 @@ CLAIM_MS = 60_000
 RETRY_MS = 2_000
 #: How often the thread looks for work when there is none.
 POLL_SECONDS = 0.5
-#: How often the database is purged of expired jobs.
+#: How often the database is purged of expired jobs, and holds reconciled.
 PURGE_SECONDS = 60.0
+#: A hold this old whose job exists nowhere was taken by a web process that died
+#: before storing the job: it is released.
+ORPHAN_HOLD_SECONDS = 600
 
 
 class Retention:
@@ -57,7 +65,10 @@ class Retention:
         history: JobHistory,
         events_ttl_seconds: int,
         job_ttl_seconds: int,
+        billing: Billing | None = None,
     ) -> None:
+        """``billing``: to release holds whose job was never stored."""
+        self.billing = billing
         self.redis = client
         self.history = history
         self.events_ttl_ms = events_ttl_seconds * 1000
@@ -86,9 +97,33 @@ class Retention:
             pass
         while self.drop_expired() == DROP_BATCH:
             pass
-        if self.job_ttl_seconds and time.monotonic() - self._purged_at > PURGE_SECONDS:
+        if time.monotonic() - self._purged_at > PURGE_SECONDS:
             self._purged_at = time.monotonic()
-            self.history.purge(time.time() - self.job_ttl_seconds)
+            if self.job_ttl_seconds:
+                self.history.purge(time.time() - self.job_ttl_seconds)
+            self.release_orphan_holds(ORPHAN_HOLD_SECONDS)
+
+    def release_orphan_holds(self, older_than_seconds: float) -> int:
+        """Release the holds of jobs that exist neither in Redis nor in the
+        database (their web process died between the hold and the job); how many."""
+        if self.billing is None:
+            return 0
+        cutoff = utcnow() - dt.timedelta(seconds=older_than_seconds)
+        held = self.billing.unsettled_holds(cutoff, DROP_BATCH)
+        if not held:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in held:
+            pipe.exists(keys.job_key(job_id))
+        live = pipe.execute()
+        orphans = [
+            job_id
+            for job_id, in_redis in zip(held, live, strict=True)
+            if not in_redis and self.history.get(job_id) is None
+        ]
+        for job_id in orphans:
+            self.billing.release(job_id)
+        return len(orphans)
 
     def write_history(self) -> int:
         """Write one batch of finished jobs; how many were taken."""
@@ -110,13 +145,22 @@ class Retention:
         replies = pipe.execute()
         jobs: list[JobRecord] = []
         rows = []
+        charged: list[tuple[JobRecord, str]] = []
         for raw, entries in zip(replies[::2], replies[1::2], strict=True):
             if raw:
                 job = decode_record(raw)
                 jobs.append(job)
-                rows.append(row_values(job, compact(events_of(entries))))
+                events = compact(events_of(entries))
+                rows.append(row_values(job, events))
+                if job.price is not None:
+                    charged.append((job, generated_text(events)))
+
+        def settle_all(conn: Connection) -> None:
+            for job, text in charged:
+                settle(conn, job, text)
+
         try:
-            self.history.write(rows)
+            self.history.write(rows, within=settle_all)
         except SQLAlchemyError:
             retry = int(time.time() * 1000) + RETRY_MS
             self.redis.zadd(

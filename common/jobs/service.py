@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import queue
 import time
@@ -10,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from common.accounts.billing import Billing
 from common.accounts.models import KeyIdentity
 from common.accounts.store import KeyStore
 from common.catalog import Catalog, ModelConfig, ModelType
@@ -88,6 +90,8 @@ class Submission:
     admission: Admission
     #: The job's events from its creation on, when the submitter asked to follow.
     inbox: queue.SimpleQueue[Event] | None = None
+    #: A metered key's balance after the job's hold (``X-Account-Balance``).
+    balance_micro: int | None = None
 
 
 class JobService:
@@ -102,9 +106,11 @@ class JobService:
         task_message: Callable[[str, Priority], TaskPush],
         keys: KeyStore,
         history: JobHistory,
+        billing: Billing,
     ) -> None:
         self.store = store
         self.history = history
+        self.billing = billing
         self.events = events
         self.catalog = catalog
         self.limiter = limiter
@@ -136,9 +142,53 @@ class JobService:
         """
         model = resolve_model(self.catalog, caller, request.model, provider)
         body = request.upstream_body()
+        asked = dict(body)  # what idempotency compares: before any cap
+        job_id = new_job_id()
+        hold = (
+            self.billing.hold_for(caller.id, job_id, model, body)
+            if caller.metered
+            else None
+        )
+        try:
+            submission = self._submit(
+                caller,
+                model,
+                (body, asked),
+                job_id,
+                priority,
+                metadata,
+                idempotency,
+                follow,
+            )
+        except BaseException:
+            if hold is not None:
+                self.billing.release(job_id)
+            raise
+        if hold is not None:
+            if submission.job.id != job_id:  # an idempotent replay: nothing stored
+                self.billing.release(job_id)
+            return dataclasses.replace(
+                submission, balance_micro=hold.balance_after_micro
+            )
+        return submission
+
+    def _submit(
+        self,
+        caller: KeyIdentity,
+        model: ModelConfig,
+        bodies: tuple[dict[str, Any], dict[str, Any]],
+        job_id: str,
+        priority: Priority,
+        metadata: dict[str, Any] | None,
+        idempotency: str | None,
+        follow: bool,
+    ) -> Submission:
+        """``submit`` once the hold is taken; ``bodies``: what goes upstream, and
+        what the client asked (for the Idempotency-Key's comparison)."""
+        body, asked = bodies
+        metered = caller.metered and not model.price.free
         tokens = estimate_request_tokens(body)
         admission = self._admit(caller, tokens)
-        job_id = new_job_id()
         slot = [(key_slot(caller.id), caller.concurrency)] if caller.concurrency else []
         if not self.limiter.acquire_slots(job_id, slot, KEY_SLOT_HOLD_SECONDS):
             raise RateLimitedError(
@@ -160,11 +210,12 @@ class JobService:
             "key_tpm": caller.tpm,
             "key_slot": 1 if caller.concurrency else None,
             "tpm_estimate": tokens if caller.tpm else None,
+            "price": model.price.shown() if metered else None,
         }
         claim = None
         if idempotency:
             digest = hashlib.sha256(
-                dumps([model.id, model.provider, priority, metadata, body]).encode()
+                dumps([model.id, model.provider, priority, metadata, asked]).encode()
             ).hexdigest()
             claim = (idempotency_key(caller.id, idempotency), f"{digest} {job_id}")
         inbox = None
