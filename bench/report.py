@@ -184,7 +184,7 @@ def verdicts(results: list[Result]) -> list[str]:
                 f"{llmq.peak_redis_clients} Redis connections",
             ),
         }
-        ok, measured = checks[scenario.name]
+        ok, measured = checks[scenario.shape]
         lines.append(
             f"| {scenario.name} | {scenario.target} | {measured} | "
             f"{'yes' if ok else '**no**'} |"

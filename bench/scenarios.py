@@ -18,6 +18,13 @@ class Scenario:
     target: str
     #: Seconds over which the connections start (0: all at once).
     ramp: float = 0.0
+    #: Through a key with a balance: each request held, settled, ledgered.
+    metered: bool = False
+
+    @property
+    def shape(self) -> str:
+        """The section-12 shape it measures (a metered variant's plain name)."""
+        return self.name.removesuffix("-metered")
 
 
 SCENARIOS = [
@@ -33,7 +40,18 @@ SCENARIOS = [
         ramp=2.0,
     ),
     Scenario("capacity", 32, 100, False, 1, 0.0, ">= 700 req/s"),
+    Scenario("capacity-metered", 32, 100, False, 1, 0.0, ">= 700 req/s", metered=True),
     Scenario("saturation", 50, 2, True, 50, 0.002, ">= 10,000 tokens/s relayed"),
+    Scenario(
+        "saturation-metered",
+        50,
+        2,
+        True,
+        50,
+        0.002,
+        ">= 10,000 tokens/s relayed",
+        metered=True,
+    ),
     Scenario(
         "scale",
         1000,
@@ -48,5 +66,6 @@ SCENARIOS = [
 SMOKE = [
     Scenario("unloaded", 1, 3, True, 5, 0.0, "correct"),
     Scenario("capacity", 4, 5, False, 1, 0.0, "correct"),
+    Scenario("capacity-metered", 4, 5, False, 1, 0.0, "correct", metered=True),
     Scenario("scale", 20, 1, True, 10, 0.01, "correct"),
 ]

@@ -77,6 +77,8 @@ class System:
             **(env or {}),
         }
         self.key = ""
+        #: A key with a balance (the metered scenarios').
+        self.metered_key = ""
 
     def _catalog(self) -> Path:
         path = self.workdir / "catalog.yaml"
@@ -84,7 +86,9 @@ class System:
             "providers:\n  bench:\n    kind: openai\n"
             f"    base_url: http://127.0.0.1:{self.upstream_port}/v1\n"
             "    retry: {max_retries: 0}\n"
-            "models:\n  - {id: bench-model, provider: bench}\n",
+            "models:\n  - id: bench-model\n    provider: bench\n"
+            # Priced, for the metered scenarios' key (an unmetered key pays nothing).
+            "    price: {input_per_1k: 0.001, output_per_1k: 0.002}\n",
             encoding="utf-8",
         )
         return path
@@ -146,6 +150,13 @@ class System:
             return bool(self.key)
 
         _wait(create_key, "an API key")
+        metered = requests.post(
+            f"http://127.0.0.1:{self.web_port}/admin/keys",
+            json={"name": "bench-metered", "balance": "1000000000"},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=10,
+        )
+        self.metered_key = metered.json()["key"]
 
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
@@ -171,11 +182,12 @@ class System:
             "bench": {"tokens": scenario.tokens, "delay": scenario.delay},
         }
         direct = mode == "direct"
+        key = self.metered_key if scenario.metered else self.key
         spec = {
             "host": "127.0.0.1",
             "port": self.upstream_port if direct else self.web_port,
             "path": "/v1/chat/completions",
-            "headers": {} if direct else {"Authorization": f"Bearer {self.key}"},
+            "headers": {} if direct else {"Authorization": f"Bearer {key}"},
             "body": body,
             "concurrency": scenario.concurrency,
             "requests": scenario.requests,
