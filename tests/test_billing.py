@@ -45,7 +45,9 @@ FAKE_PRICE = Price(input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002")
 PROMPT_ESTIMATE = 5
 
 
-def _metered(stack: Stack, balance: str, **fields: Any) -> tuple[str, dict[str, str]]:
+def metered_key(
+    stack: Stack, balance: str, **fields: Any
+) -> tuple[str, dict[str, str]]:
     resp = requests.post(
         f"{stack.url}/admin/keys",
         json={"name": f"paid-{uuid.uuid4().hex[:6]}", "balance": balance, **fields},
@@ -96,7 +98,7 @@ def _balance_rows_sum(rows: list[dict[str, Any]]) -> int:
 def test_a_metered_request_is_held_settled_once_and_shows_the_balance(
     stack: Stack,
 ) -> None:
-    key_id, auth = _metered(stack, "1")
+    key_id, auth = metered_key(stack, "1")
     resp = requests.post(
         f"{stack.url}/v1/chat/completions",
         json=chat_body(max_tokens=100, fake={"tokens": 5}),
@@ -124,7 +126,7 @@ def test_a_metered_request_is_held_settled_once_and_shows_the_balance(
 def test_what_the_money_does_not_cover_is_403_insufficient_quota(
     stack: Stack,
 ) -> None:
-    _, auth = _metered(stack, "0.000001")
+    _, auth = metered_key(stack, "0.000001")
     resp = requests.post(
         f"{stack.url}/v1/chat/completions", json=chat_body(), headers=auth, timeout=10
     )
@@ -135,7 +137,7 @@ def test_what_the_money_does_not_cover_is_403_insufficient_quota(
         f"{stack.url}/api/llm/chat", json=chat_body(), headers=auth, timeout=10
     )
     assert envelope.json()["code"] == 403
-    _, unmetered = _metered(stack, "0")
+    _, unmetered = metered_key(stack, "0")
     free = requests.post(
         f"{stack.url}/v1/chat/completions",
         json=chat_body(model="sim-model"),
@@ -148,7 +150,7 @@ def test_what_the_money_does_not_cover_is_403_insufficient_quota(
 def test_max_tokens_upstream_is_capped_to_what_the_hold_pays_for(
     stack: Stack, upstream: str
 ) -> None:
-    _, auth = _metered(stack, "0.0001")  # 100 micro-units
+    _, auth = metered_key(stack, "0.0001")  # 100 micro-units
     tag = uuid.uuid4().hex
     resp = requests.post(
         f"{stack.url}/v1/chat/completions",
@@ -166,7 +168,7 @@ def test_200_concurrent_requests_never_spend_more_than_the_balance(
     stack: Stack,
 ) -> None:
     worst = FAKE_PRICE.cost(Usage(PROMPT_ESTIMATE, 100))
-    key_id, auth = _metered(stack, str(Decimal(50 * worst) / MICRO))
+    key_id, auth = metered_key(stack, str(Decimal(50 * worst) / MICRO))
 
     def ask(_: int) -> requests.Response:
         return requests.post(
@@ -192,7 +194,7 @@ def test_200_concurrent_requests_never_spend_more_than_the_balance(
 def test_a_cancelled_stream_is_charged_only_for_what_was_generated(
     stack: Stack,
 ) -> None:
-    key_id, auth = _metered(stack, "1")
+    key_id, auth = metered_key(stack, "1")
     with requests.post(
         f"{stack.url}/v1/chat/completions",
         json=chat_body(
@@ -349,7 +351,7 @@ def test_a_hold_whose_job_was_never_stored_is_released(
 
 
 def test_the_account_shows_balance_allowance_and_todays_use(stack: Stack) -> None:
-    key_id, auth = _metered(stack, "1", daily_free="0.0001", rpm=60, models=None)
+    key_id, auth = metered_key(stack, "1", daily_free="0.0001", rpm=60, models=None)
     before = requests.get(f"{stack.url}/v1/account", headers=auth, timeout=10)
     assert before.status_code == 200, before.text
     assert before.json() == {

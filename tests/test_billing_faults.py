@@ -4,9 +4,7 @@ its stream. Each job is still settled exactly once, for what it used."""
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,9 @@ import requests
 from sqlalchemy.orm import Session
 
 from common.accounts.ledger import JobUsage
-from common.accounts.pricing import MICRO, Price, Usage, parse_money
+from common.accounts.pricing import MICRO, Usage, parse_money
 from common.db.engine import make_engine
 from tests.conftest import (
-    ADMIN_KEY,
     Stack,
     chat_body,
     start_retention,
@@ -27,9 +24,7 @@ from tests.conftest import (
     wait_until,
     web_on_own_redis,
 )
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-FAKE_PRICE = Price(input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
+from tests.test_billing import ADMIN, FAKE_PRICE, metered_key
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +42,6 @@ def faults(
         retention = start_retention(stack.env, logdir, "billing-faults-retention")
         yield stack
         stop_process(retention)
-
-
-def _metered(stack: Stack) -> tuple[str, dict[str, str]]:
-    resp = requests.post(
-        f"{stack.url}/admin/keys",
-        json={"name": f"f-{uuid.uuid4().hex[:6]}", "balance": "1"},
-        headers=ADMIN,
-        timeout=10,
-    )
-    return resp.json()["id"], {"Authorization": f"Bearer {resp.json()['key']}"}
 
 
 def _job(stack: Stack, auth: dict[str, str], job_id: str) -> dict[str, Any]:
@@ -91,7 +76,7 @@ def _settled(stack: Stack, key_id: str) -> list[dict[str, Any]]:
 def test_a_job_rerun_after_its_worker_was_killed_is_charged_once(
     faults: Stack, logdir: Path
 ) -> None:
-    key_id, auth = _metered(faults)
+    key_id, auth = metered_key(faults, "1")
     doomed = start_worker(faults.env, logdir, "billing-doomed")
     resp = requests.post(
         f"{faults.url}/v1/jobs",
@@ -128,7 +113,7 @@ def test_a_job_rerun_after_its_worker_was_killed_is_charged_once(
 def test_a_stream_cut_by_the_provider_is_charged_for_what_was_relayed(
     faults: Stack, logdir: Path
 ) -> None:
-    key_id, auth = _metered(faults)
+    key_id, auth = metered_key(faults, "1")
     worker = start_worker(faults.env, logdir, "billing-cut")
     try:
         resp = requests.post(

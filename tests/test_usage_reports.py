@@ -146,33 +146,24 @@ def test_pages_of_buckets_follow_next_page(stack: Stack) -> None:
     _, key = _paid_key(stack)
     auth = {"Authorization": f"Bearer {key}"}
     end = int(time.time())
-    first = requests.get(
-        f"{stack.url}/v1/usage",
-        params={
+
+    def page(number: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {
             "start_time": end - 5 * 3600,
             "end_time": end,
             "bucket_width": "1h",
             "limit": 2,
-        },
-        headers=auth,
-        timeout=10,
-    ).json()
-    assert len(first["data"]) == 2 and first["has_more"] is True
-    pages = [first]
-    while pages[-1]["has_more"]:
-        pages.append(
-            requests.get(
-                f"{stack.url}/v1/usage",
-                params={
-                    "start_time": end - 5 * 3600,
-                    "end_time": end,
-                    "bucket_width": "1h",
-                    "limit": 2,
-                    "page": pages[-1]["next_page"],
-                },
-                headers=auth,
-                timeout=10,
-            ).json()
+        }
+        if number is not None:
+            params["page"] = number
+        resp = requests.get(
+            f"{stack.url}/v1/usage", params=params, headers=auth, timeout=10
         )
+        return dict(resp.json())
+
+    pages = [page(None)]
+    assert len(pages[0]["data"]) == 2 and pages[0]["has_more"] is True
+    while pages[-1]["has_more"]:
+        pages.append(page(pages[-1]["next_page"]))
     starts = [b["start_time"] for p in pages for b in p["data"]]
     assert starts == [end - 5 * 3600 + i * 3600 for i in range(5)]
