@@ -3,12 +3,16 @@ usage, ``GET /v1/usage`` (OpenAI's usage page)."""
 
 from __future__ import annotations
 
-import time
-
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from common.accounts.reports import GroupBy, account, usage_csv, usage_page
+from common.accounts.reports import (
+    GroupBy,
+    account,
+    end_of_now,
+    usage_csv,
+    usage_page,
+)
 from common.accounts.requests import UsageQuery
 from common.errors import InvalidRequestError
 from web import auth
@@ -30,8 +34,7 @@ def get_account() -> Response:
 
 def usage_answer(query: UsageQuery, key_id: str | None) -> Response:
     """The usage page (or its CSV) of one key, or of every key for ``None``."""
-    # Default: up to now, this second included.
-    end = query.end_time if query.end_time is not None else int(time.time()) + 1
+    end = query.end_time if query.end_time is not None else end_of_now()
     if end <= query.start_time:
         raise InvalidRequestError("end_time must be after start_time", param="end_time")
     page = usage_page(

@@ -4,14 +4,19 @@ money and their usage from the command line."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from common.accounts.pricing import MoneyError, format_money, parse_money
-from common.accounts.reports import BucketWidth, GroupBy, usage_csv, usage_page
+from common.accounts.reports import (
+    BucketWidth,
+    GroupBy,
+    end_of_now,
+    usage_csv,
+    usage_page,
+)
 from common.accounts.store import InsufficientBalanceError, KeyStore, credit
 
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
@@ -98,7 +103,7 @@ def revoke_key(key_id: str) -> None:
 @click.option("--days", default=7, show_default=True, help="Days back from now.")
 def usage_command(group_by: str | None, days: int) -> None:
     """Every key's usage by day, as CSV (what GET /admin/usage?format=csv gives)."""
-    end = int(time.time())
+    end = end_of_now()
     start = end - days * 86_400
     page = usage_page(
         _store().engine,

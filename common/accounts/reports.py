@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import time
 from enum import StrEnum
 from typing import Any
 
@@ -162,6 +163,12 @@ def _result(
 
 def _naive(seconds: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
+
+
+def end_of_now() -> int:
+    """The default end of a usage report: now, this second's settlements included
+    (a report's end is exclusive and settlements are stamped to the µs)."""
+    return int(time.time()) + 1
 
 
 def usage_csv(page: dict[str, Any]) -> str:
