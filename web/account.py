@@ -29,7 +29,15 @@ def get_account() -> Response:
     key = svc.keys.get(auth.caller().id)
     assert key is not None  # the key was just authenticated
     billing = svc.jobs.billing
-    return jsonify(account(svc.keys.engine, key, billing.today(), billing.timezone))
+    return jsonify(
+        account(
+            svc.keys.engine,
+            key,
+            billing.today(),
+            billing.timezone,
+            billing.live(key.id),
+        )
+    )
 
 
 def usage_answer(query: UsageQuery, key_id: str | None) -> Response:

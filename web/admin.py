@@ -16,7 +16,7 @@ from common.accounts.requests import (
     LedgerQuery,
     UsageQuery,
 )
-from common.accounts.store import InsufficientBalanceError, credit, ledger_page
+from common.accounts.store import InsufficientBalanceError, ledger_page
 from common.errors import InvalidRequestError, NotFoundError
 from common.schemas import KeyPath
 from web import auth
@@ -77,6 +77,8 @@ def update_key(path: KeyPath, body: KeyUpdateRequest) -> Response:
     row = services().keys.update(path.key_id, changes)
     if row is None:
         raise _missing(path.key_id)
+    if "daily_free" in changes:
+        services().jobs.billing.set_daily_free(path.key_id, changes["daily_free"])
     return jsonify(row.to_dict())
 
 
@@ -93,7 +95,7 @@ def revoke_key(path: KeyPath) -> Response:
 def credit_key(path: KeyPath, body: CreditRequest) -> Response:
     """Add to a key's balance (a negative amount debits); the ledger row."""
     try:
-        row = credit(services().keys.engine, path.key_id, body.amount, body.note)
+        row = services().jobs.billing.credit(path.key_id, body.amount, body.note)
     except InsufficientBalanceError:
         raise InvalidRequestError(
             "the debit is larger than the key's balance", param="amount"

@@ -80,7 +80,7 @@ def _services(settings: Settings) -> Services:
         TaskMessages(make_celery(settings)).run_job,
         keys,
         JobHistory(engine),
-        Billing(engine, settings.timezone, settings.catalog.total_timeouts()),
+        Billing(engine, client, settings.timezone, settings.catalog.total_timeouts()),
     )
     return Services(settings, client, jobs_service, keys)
 

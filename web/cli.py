@@ -17,7 +17,7 @@ from common.accounts.reports import (
     usage_csv,
     usage_page,
 )
-from common.accounts.store import InsufficientBalanceError, KeyStore, credit
+from common.accounts.store import InsufficientBalanceError, KeyStore
 
 keys_cli = AppGroup("keys", help="Create, list and revoke API keys.")
 
@@ -81,7 +81,7 @@ def credit_key(key_id: str, amount: str, note: str | None) -> None:
     micro = _money(amount, "AMOUNT")
     assert micro is not None
     try:
-        row = credit(_store().engine, key_id, micro, note)
+        row = current_app.extensions["llmq"].jobs.billing.credit(key_id, micro, note)
     except InsufficientBalanceError:
         raise click.ClickException("the debit is larger than the balance") from None
     if row is None:

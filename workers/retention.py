@@ -26,12 +26,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[retention] %(message)s")
     settings = load_settings()
     engine = make_engine(settings.database_url)
+    client = connect(settings.redis_url, settings.redis_timeout_seconds)
     Retention(
-        connect(settings.redis_url, settings.redis_timeout_seconds),
+        client,
         JobHistory(engine),
         settings.events_ttl_seconds,
         settings.job_ttl_seconds,
-        Billing(engine, settings.timezone),
+        Billing(engine, client, settings.timezone),
     ).run_forever(prepare=partial(migrate, engine))
 
 

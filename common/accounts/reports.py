@@ -25,9 +25,15 @@ def midnight_utc(today: str, timezone: dt.tzinfo) -> dt.datetime:
 
 
 def account(
-    engine: Engine, key: ApiKey, today: str, timezone: dt.tzinfo
+    engine: Engine,
+    key: ApiKey,
+    today: str,
+    timezone: dt.tzinfo,
+    live: tuple[int, int | None, str | None] | None,
 ) -> dict[str, Any]:
-    """The account object of API.md section 8 for ``key``."""
+    """The account object of API.md section 8 for ``key``; ``live``: its balance
+    less open holds, allowance left and that allowance's day, when Redis has them
+    (``Billing.live``)."""
     since = midnight_utc(today, timezone)
     with engine.connect() as conn:
         requests, units_in, units_out, cost = conn.execute(
@@ -38,13 +44,19 @@ def account(
                 func.coalesce(func.sum(JobUsage.cost_micro), 0),
             ).where(JobUsage.key_id == key.id, JobUsage.settled_at >= since)
         ).one()
-    free_left = key.free_left_micro if key.free_day == today else key.daily_free_micro
+    balance, free_left, free_day = live or (
+        key.balance_micro,
+        key.free_left_micro,
+        key.free_day,
+    )
+    if free_day != today:
+        free_left = key.daily_free_micro
     shown = key.to_dict()
     return {
         "object": "account",
         "key_id": key.id,
         "name": key.name,
-        "balance": shown["balance"],
+        "balance": None if balance is None else format_money(balance),
         "daily_free": shown["daily_free"],
         "free_left_today": format_money(free_left or 0),
         "today": {

@@ -20,10 +20,10 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, update
 
-from common.accounts.billing import insert_ignoring_duplicates, lock_key
-from common.accounts.ledger import JobUsage, LedgerKind, LedgerRow, Source
+from common.accounts.billing import OpenHold, insert_ignoring_duplicates, lock_key
+from common.accounts.ledger import JobUsage, LedgerKind, Source
 from common.accounts.models import ApiKey, utcnow
 from common.accounts.pricing import Price, PriceUnit, Usage
 from common.jobs.model import JobRecord, JobStatus
@@ -47,58 +47,81 @@ def _units(job: JobRecord, price: Price, output_text: str) -> Usage:
     )
 
 
-def settle(conn: Connection, job: JobRecord, output_text: str) -> None:
-    """Release ``job``'s holds and charge its cost at the price they were taken
-    at (the record's ``price``), unless already settled."""
-    holds = {
-        row.source: row
-        for row in conn.execute(
-            select(LedgerRow.source, LedgerRow.amount_micro, LedgerRow.key_id).where(
-                LedgerRow.job_id == job.id, LedgerRow.kind == LedgerKind.HOLD
-            )
-        )
-    }
-    if not holds:
-        return
-    key_id = next(iter(holds.values())).key_id
-    held = {source: -int(row.amount_micro) for source, row in holds.items()}
+def settle(
+    conn: Connection, job: JobRecord, output_text: str, hold: OpenHold
+) -> tuple[int, int]:
+    """Write ``job``'s hold, its release and its cost to the ledger (unless a
+    replay finds them there) and take the cost off the key's row; return what
+    Redis's ``end_hold`` takes: the cost to the balance, the allowance given back.
+    """
     price = Price.model_validate(job.price or {})
     usage = _units(job, price, output_text)
     ran = job.started_at is not None and (
         job.status == JobStatus.SUCCEEDED or bool(output_text)
     )
+    held = {Source.FREE: hold.free_micro, Source.BALANCE: hold.balance_micro}
     cost = min(price.cost(usage), sum(held.values())) if ran else 0
-    charged = {Source.FREE: min(cost, held.get(Source.FREE, 0))}
+    charged = {Source.FREE: min(cost, hold.free_micro)}
     charged[Source.BALANCE] = cost - charged[Source.FREE]
-    key = lock_key(conn, key_id)
+    result = charged[Source.BALANCE], hold.free_micro - charged[Source.FREE]
+    key = lock_key(conn, hold.key_id)
     if key is None:
-        return
-    left = {Source.BALANCE: int(key.balance_micro or 0)}
-    left[Source.FREE] = int(key.free_left_micro or 0)
+        return result
     now = utcnow()
-    for source, back in held.items():
-        released = left[source] + back
-        rows = (
-            (LedgerKind.RELEASE, back, released),
-            (LedgerKind.SETTLE, -charged[source], released - charged[source]),
+    rows = []
+    if hold.granted and key.daily_free_micro:
+        rows.append(
+            _row(
+                hold.key_id,
+                f"grant:{hold.key_id}:{hold.day}",
+                LedgerKind.GRANT,
+                Source.FREE,
+                key.daily_free_micro,
+                key.daily_free_micro,
+                now,
+            )
         )
-        for kind, amount, after in rows:
-            if not insert_ignoring_duplicates(
-                conn, _row(key_id, job, kind, source, amount, after, now)
-            ):
-                return  # settled before: a replayed write changes nothing
-        left[source] = released - charged[source]
+    balance = int(key.balance_micro or 0)
+    for source, before in ((Source.BALANCE, balance), (Source.FREE, None)):
+        if source == Source.FREE and not held[Source.FREE]:
+            continue
+        base = before if before is not None else held[Source.FREE]
+        for kind, amount, after in (
+            (LedgerKind.HOLD, -held[source], base - held[source]),
+            (LedgerKind.RELEASE, held[source], base),
+            (LedgerKind.SETTLE, -charged[source], base - charged[source]),
+        ):
+            rows.append(_row(hold.key_id, job.id, kind, source, amount, after, now))
+    if not all(
+        insert_ignoring_duplicates(conn, row)
+        for row in rows
+        if row["kind"] != LedgerKind.GRANT
+    ):
+        return result  # settled before: a replayed write changes nothing
+    for row in rows:
+        if row["kind"] == LedgerKind.GRANT:
+            insert_ignoring_duplicates(conn, row)
+    free_left = (
+        int(key.free_left_micro or 0)
+        if key.free_day == hold.day
+        else int(key.daily_free_micro or 0)
+    )
     conn.execute(
         update(ApiKey)
-        .where(ApiKey.id == key_id)
-        .values(balance_micro=left[Source.BALANCE], free_left_micro=left[Source.FREE])
+        .where(ApiKey.id == hold.key_id)
+        .values(
+            balance_micro=balance - charged[Source.BALANCE],
+            free_left_micro=free_left - charged[Source.FREE],
+            free_day=hold.day,
+        )
     )
-    _record_usage(conn, job, key_id, usage, cost, now)
+    _record_usage(conn, job, hold.key_id, usage, cost, now)
+    return result
 
 
 def _row(
     key_id: str,
-    job: JobRecord,
+    job_id: str,
     kind: LedgerKind,
     source: Source,
     amount: int,
@@ -107,7 +130,7 @@ def _row(
 ) -> dict[str, Any]:
     return {
         "key_id": key_id,
-        "job_id": job.id,
+        "job_id": job_id,
         "kind": kind,
         "source": source,
         "amount_micro": amount,

@@ -18,7 +18,6 @@ drops the Redis copies that are due and purges the database of jobs older than
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -28,8 +27,7 @@ import redis
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from common.accounts.billing import Billing
-from common.accounts.models import utcnow
+from common.accounts.billing import Billing, OpenHold
 from common.accounts.settlement import settle
 from common.jobs.compaction import compact, generated_text
 from common.jobs.events import events_of
@@ -104,12 +102,11 @@ class Retention:
             self.release_orphan_holds(ORPHAN_HOLD_SECONDS)
 
     def release_orphan_holds(self, older_than_seconds: float) -> int:
-        """Release the holds of jobs that exist neither in Redis nor in the
+        """Give back the holds of jobs that exist neither in Redis nor in the
         database (their web process died between the hold and the job); how many."""
         if self.billing is None:
             return 0
-        cutoff = utcnow() - dt.timedelta(seconds=older_than_seconds)
-        held = self.billing.unsettled_holds(cutoff, DROP_BATCH)
+        held = list(self.billing.stale_holds(older_than_seconds))
         if not held:
             return 0
         pipe = self.redis.pipeline(transaction=False)
@@ -154,10 +151,18 @@ class Retention:
                 rows.append(row_values(job, events))
                 if job.price is not None:
                     charged.append((job, generated_text(events)))
+        holds = (
+            self.billing.open_holds([job.id for job, _ in charged])
+            if self.billing is not None
+            else {}
+        )
+        ended: list[tuple[str, OpenHold, tuple[int, int]]] = []
 
         def settle_all(conn: Connection) -> None:
             for job, text in charged:
-                settle(conn, job, text)
+                hold = holds.get(job.id)
+                if hold is not None:  # else ended: settled, or given back
+                    ended.append((job.id, hold, settle(conn, job, text, hold)))
 
         try:
             self.history.write(rows, within=settle_all)
@@ -167,6 +172,9 @@ class Retention:
                 keys.HISTORY_UNWRITTEN_KEY, dict.fromkeys(ids, retry), xx=True
             )
             raise
+        if self.billing is not None:  # the holds end once the ledger has them
+            for job_id, hold, (cost, free_back) in ended:
+                self.billing.end_hold(job_id, hold, cost, free_back)
         self._written(ids, jobs)
         return len(ids)
 

@@ -78,3 +78,19 @@ def owner_jobs_key(key_id: str) -> str:
 def idempotency_key(key_id: str, idem: str) -> str:
     """String mapping an ``Idempotency-Key`` to ``<body digest> <job id>``."""
     return f"{PREFIX}:idem:{key_id}:{idem}"
+
+
+def money_key(key_id: str) -> str:
+    """Hash of an API key's live money: settled, held, daily_free, free_left,
+    free_day (common/accounts/billing.py)."""
+    return f"{PREFIX}:money:{key_id}"
+
+
+def money_generation_key(key_id: str) -> str:
+    """Counter bumped when a key's money changes while not loaded in Redis."""
+    return f"{PREFIX}:money:{key_id}:gen"
+
+
+#: Hash of open holds: job id -> "<key id> <from free> <from balance> <day>
+#: <granted 0/1> <taken at, s>".
+MONEY_HOLDS_KEY = f"{PREFIX}:money:holds"
