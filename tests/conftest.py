@@ -34,6 +34,8 @@ from tests.databases import POSTGRES_URL, fresh_postgres
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "test-admin-key"
+#: The headers of an admin request.
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 FAKE_PROVIDER_KEY = "sk-fake-provider-key"
 #: Short keepalive so the tests can see keepalive comments without waiting 15 s.
 TEST_KEEPALIVE_SECONDS = 1.0

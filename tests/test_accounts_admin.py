@@ -19,10 +19,8 @@ from common.accounts.store import (
     credit,
     ledger_page,
 )
-from tests.conftest import ADMIN_KEY, Stack
+from tests.conftest import ADMIN, Stack
 from tests.test_keys import _flask
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def _admin(stack: Stack, method: str, path: str, **kwargs: Any) -> requests.Response:

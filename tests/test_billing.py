@@ -33,7 +33,7 @@ from common.jsoncodec import dumps
 from common.limits import Limiter
 from common.redis import keys
 from tests.conftest import (
-    ADMIN_KEY,
+    ADMIN,
     RedisServer,
     Stack,
     base_env,
@@ -47,7 +47,6 @@ from tests.conftest import (
 )
 from tests.databases import fresh_postgres
 
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 #: The test catalog's fake-model: 0.001 per 1K tokens in, 0.002 out.
 FAKE_PRICE = Price(input_per_1k=Decimal("0.001"), output_per_1k=Decimal("0.002"))
 #: What estimate_prompt_tokens makes of chat_body()'s one short message.

@@ -16,6 +16,7 @@ from common.accounts.ledger import JobUsage
 from common.accounts.pricing import MICRO, Usage, parse_money
 from common.db.engine import make_engine
 from tests.conftest import (
+    ADMIN,
     Stack,
     chat_body,
     start_retention,
@@ -24,7 +25,7 @@ from tests.conftest import (
     wait_until,
     web_on_own_redis,
 )
-from tests.test_billing import ADMIN, FAKE_PRICE, metered_key
+from tests.test_billing import FAKE_PRICE, metered_key
 
 
 @pytest.fixture(scope="module")

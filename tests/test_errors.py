@@ -13,10 +13,9 @@ import requests
 
 from common.jsoncodec import MAX_REQUEST_DEPTH
 from common.redis.keys import owner_jobs_key
-from tests.conftest import ADMIN_KEY, Stack, chat_body
+from tests.conftest import ADMIN, ADMIN_KEY, Stack, chat_body
 
 MSG = [{"role": "user", "content": "hi"}]
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 #: (route, how an error body looks there)
 CHAT_ROUTES = [

@@ -21,7 +21,7 @@ from common.accounts.store import KeyStore
 from common.db.engine import make_engine
 from common.jobs.history import JobHistory
 from tests.conftest import (
-    ADMIN_KEY,
+    ADMIN,
     ROOT,
     RedisServer,
     Stack,
@@ -32,8 +32,6 @@ from tests.conftest import (
     stop_process,
     wait_until,
 )
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture

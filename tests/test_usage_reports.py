@@ -16,9 +16,7 @@ import openai
 import requests
 
 from common.accounts.pricing import parse_money
-from tests.conftest import ADMIN_KEY, ROOT, Stack, wait_until
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+from tests.conftest import ADMIN, ROOT, Stack, wait_until
 
 
 def _paid_key(stack: Stack) -> tuple[str, str]:

@@ -28,8 +28,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import redis
-from sqlalchemy import Connection, Engine, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, select
 
 from common.accounts.ledger import LedgerRow
 from common.accounts.models import ApiKey
@@ -78,30 +77,6 @@ class OpenHold:
     def parse(cls, entry: bytes) -> OpenHold:
         key_id, free, balance, day, granted, at = entry.decode().split(" ")
         return cls(key_id, int(free), int(balance), day, granted == "1", int(at))
-
-
-def insert_ignoring_duplicates(conn: Connection, row: dict[str, Any]) -> bool:
-    """Insert a ledger row unless its (job, kind, source) is there; whether it was."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = (
-        dialect.insert(LedgerRow.__table__)
-        .values(**row)
-        .on_conflict_do_nothing(index_elements=["job_id", "kind", "source"])
-        .returning(LedgerRow.__table__.c.id)
-    )
-    return conn.execute(statement).first() is not None
-
-
-def lock_key(conn: Connection, key_id: str) -> Any:
-    """The key's money columns, its row locked until the transaction ends.
-
-    A no-op ``UPDATE`` locks the row on PostgreSQL and takes SQLite's write lock,
-    so one statement serialises the key's settlements on either.
-    """
-    conn.execute(
-        update(ApiKey).where(ApiKey.id == key_id).values(free_day=ApiKey.free_day)
-    )
-    return money_row(conn, key_id)
 
 
 def money_row(conn: Connection, key_id: str) -> Any:

@@ -21,13 +21,38 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, insert, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from common.accounts.billing import OpenHold, insert_ignoring_duplicates, lock_key
-from common.accounts.ledger import JobUsage, LedgerKind, Source
+from common.accounts.billing import OpenHold, money_row
+from common.accounts.ledger import JobUsage, LedgerKind, LedgerRow, Source
 from common.accounts.models import ApiKey, utcnow
 from common.accounts.pricing import Price, PriceUnit, Usage
 from common.jobs.model import JobRecord, JobStatus
 from common.tokens import content_text
+
+
+def insert_ignoring_duplicates(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert a ledger row unless its (job, kind, source) is there; whether it was."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(LedgerRow.__table__)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["job_id", "kind", "source"])
+        .returning(LedgerRow.__table__.c.id)
+    )
+    return conn.execute(statement).first() is not None
+
+
+def lock_key(conn: Connection, key_id: str) -> Any:
+    """The key's money columns, its row locked until the transaction ends.
+
+    A no-op ``UPDATE`` locks the row on PostgreSQL and takes SQLite's write lock,
+    so one statement serialises the key's settlements on either.
+    """
+    conn.execute(
+        update(ApiKey).where(ApiKey.id == key_id).values(free_day=ApiKey.free_day)
+    )
+    return money_row(conn, key_id)
 
 
 def _units(job: JobRecord, price: Price, output_text: str) -> Usage:
@@ -68,39 +93,35 @@ def settle(
     if key is None:
         return result
     now = utcnow()
-    rows = []
+    before = {Source.BALANCE: int(key.balance_micro or 0), Source.FREE: hold.free_micro}
+    rows = [
+        _row(hold.key_id, job.id, kind, source, amount, before[source] + change, now)
+        for source in (Source.BALANCE, Source.FREE)
+        if source == Source.BALANCE or held[source]
+        for kind, amount, change in (
+            (LedgerKind.HOLD, -held[source], -held[source]),
+            (LedgerKind.RELEASE, held[source], 0),
+            (LedgerKind.SETTLE, -charged[source], -charged[source]),
+        )
+    ]
+    if not all(insert_ignoring_duplicates(conn, row) for row in rows):
+        return result  # settled before: a replayed write changes nothing
     if hold.granted and key.daily_free_micro:
-        rows.append(
+        grant = f"grant:{hold.key_id}:{hold.day}"
+        allowance = key.daily_free_micro
+        insert_ignoring_duplicates(
+            conn,
             _row(
                 hold.key_id,
-                f"grant:{hold.key_id}:{hold.day}",
+                grant,
                 LedgerKind.GRANT,
                 Source.FREE,
-                key.daily_free_micro,
-                key.daily_free_micro,
+                allowance,
+                allowance,
                 now,
-            )
+            ),
         )
-    balance = int(key.balance_micro or 0)
-    for source, before in ((Source.BALANCE, balance), (Source.FREE, None)):
-        if source == Source.FREE and not held[Source.FREE]:
-            continue
-        base = before if before is not None else held[Source.FREE]
-        for kind, amount, after in (
-            (LedgerKind.HOLD, -held[source], base - held[source]),
-            (LedgerKind.RELEASE, held[source], base),
-            (LedgerKind.SETTLE, -charged[source], base - charged[source]),
-        ):
-            rows.append(_row(hold.key_id, job.id, kind, source, amount, after, now))
-    if not all(
-        insert_ignoring_duplicates(conn, row)
-        for row in rows
-        if row["kind"] != LedgerKind.GRANT
-    ):
-        return result  # settled before: a replayed write changes nothing
-    for row in rows:
-        if row["kind"] == LedgerKind.GRANT:
-            insert_ignoring_duplicates(conn, row)
+    balance = before[Source.BALANCE]
     free_left = (
         int(key.free_left_micro or 0)
         if key.free_day == hold.day

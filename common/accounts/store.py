@@ -113,10 +113,6 @@ class KeyStore:
                 self.redis.incr(KEYS_GENERATION_KEY)
             return row
 
-    def changed(self) -> None:
-        """Tell every process to read its keys again (one moved its money)."""
-        self.redis.incr(KEYS_GENERATION_KEY)
-
     def revoke(self, key_id: str) -> ApiKey | None:
         """Revoke a key; None if there is no such key."""
         with Session(self.engine, expire_on_commit=False) as session:

@@ -327,19 +327,19 @@ class JobService:
         past its replay window replays from the database, compacted; one that
         leaves Redis while followed goes on from there.
         """
-        if inbox is None and job.terminal and not self.events.exists(job.id):
+        if inbox is not None:
+            # A job just submitted: its log outlives this follower by the window.
+            return self.events.follow(job.id, after, idle_seconds, inbox)
+        if job.terminal and not self.events.exists(job.id):
             return iter(self.history.events(job.id, after))
-        return self._follow(job, after, idle_seconds, inbox)
+        return self._follow(job, after, idle_seconds)
 
     def _follow(
-        self,
-        job: JobRecord,
-        after: int,
-        idle_seconds: float,
-        inbox: queue.SimpleQueue[Event] | None,
+        self, job: JobRecord, after: int, idle_seconds: float
     ) -> Iterator[Event | None]:
+        """Follow the log, and go on from the database if it leaves Redis first."""
         last = after
-        for event in self.events.follow(job.id, after, idle_seconds, inbox):
+        for event in self.events.follow(job.id, after, idle_seconds):
             yield event
             if event is not None:
                 last = event.id
