@@ -7,8 +7,14 @@ no per-request log.
 - Provider and model limits *reserve*: a request that would exceed a limit is
   given the time it may go and the TAT moves on, so concurrent workers queue up
   in order instead of racing. ``rpm`` spaces requests ``60/rpm`` s apart with no
-  burst, so the provider never sees more than its limit in any window; ``tpm``
+  burst beyond ``BULK_LEAD_SECONDS`` (below), so the provider never sees more
+  than its limit in any window but that lead's worth; ``tpm``
   charges the estimated tokens and allows a burst of ``TPM_BURST_SECONDS``.
+- Batch requests reserve only what is free now (``reserve_bulk``): a limit's
+  TAT may run at most ``BULK_LEAD_SECONDS`` (or one request's cost, if more)
+  ahead of now. Interactive reservations get that lead as their tolerance, so a
+  running batch never makes an interactive call wait; the price is that the
+  provider may see up to ``BULK_LEAD_SECONDS`` of requests early, once.
 - Per-key limits at the front door *deny*: up to ``rpm`` requests and ``tpm``
   tokens in any minute, else 429 with the time to wait.
 - Concurrency is a sorted set of holders scored by expiry, renewed by the
@@ -33,6 +39,9 @@ US_PER_SECOND = 1_000_000
 US_PER_MINUTE = 60 * US_PER_SECOND
 #: Seconds of provider tpm that may be spent at once.
 TPM_BURST_SECONDS = 6
+#: How far ahead of now batch requests may reserve a limit, and so the
+#: tolerance interactive reservations get (see the module's docstring).
+BULK_LEAD_SECONDS = 0.03
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class Limiter:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
         self._reserve = scripts.register(client, "reserve_rates")
+        self._reserve_bulk = scripts.register(client, "reserve_rates_bulk")
         self._admit = scripts.register(client, "admit_rates")
         self._settle = scripts.register(client, "settle_rate")
         self._acquire = scripts.register(client, "acquire_slots")
@@ -84,9 +94,21 @@ class Limiter:
             return 0.0
         args: list[int] = []
         for rate, units in rates:
-            tolerance = TPM_BURST_SECONDS * US_PER_SECOND if rate.unit == "tpm" else 0
-            args += [rate.cost_us(units), tolerance]
+            tolerance = TPM_BURST_SECONDS if rate.unit == "tpm" else BULK_LEAD_SECONDS
+            args += [rate.cost_us(units), int(tolerance * US_PER_SECOND)]
         wait_us = self._reserve(keys=[r.key for r, _ in rates], args=args)
+        return max(0.0, cast(int, wait_us) / US_PER_SECOND)
+
+    def reserve_bulk(self, rates: Sequence[tuple[Rate, int]]) -> float:
+        """Reserve ``(rate, units)`` for a batch request if every limit has room
+        now; 0.0 when reserved, else the seconds until it may have."""
+        if not rates:
+            return 0.0
+        lead = int(BULK_LEAD_SECONDS * US_PER_SECOND)
+        args: list[int] = []
+        for rate, units in rates:
+            args += [rate.cost_us(units), lead]
+        wait_us = self._reserve_bulk(keys=[r.key for r, _ in rates], args=args)
         return max(0.0, cast(int, wait_us) / US_PER_SECOND)
 
     def admit(self, rates: Sequence[tuple[Rate, int]]) -> Admission:

@@ -9,7 +9,7 @@ import pytest
 import redis
 import requests
 
-from common.limits import TPM_BURST_SECONDS, Limiter, Rate
+from common.limits import BULK_LEAD_SECONDS, TPM_BURST_SECONDS, Limiter, Rate
 from tests.conftest import RedisServer, Stack, chat_body
 
 
@@ -26,8 +26,9 @@ def test_rpm_reservations_are_spaced_evenly_with_no_burst(limiter: Limiter) -> N
     rpm = Rate(scope(), "rpm", 600)
     waits = [limiter.reserve([(rpm, 1)]) for _ in range(5)]
     assert waits[0] == 0
-    for i, wait in enumerate(waits):
-        assert wait == pytest.approx(i * 0.1, abs=0.02)
+    # Every request but the first may go up to the bulk lead early, no more.
+    for i, wait in enumerate(waits[1:], 1):
+        assert wait == pytest.approx(i * 0.1 - BULK_LEAD_SECONDS, abs=0.02)
 
 
 def test_tpm_allows_a_burst_then_charges_tokens(limiter: Limiter) -> None:
@@ -52,8 +53,10 @@ def test_several_limits_are_reserved_together(limiter: Limiter) -> None:
     fast, slow = Rate(scope(), "rpm", 6000), Rate(scope(), "rpm", 600)
     limiter.reserve([(fast, 1), (slow, 1)])
     # The slower limit decides, and both move on.
-    assert limiter.reserve([(fast, 1), (slow, 1)]) == pytest.approx(0.1, abs=0.02)
-    assert limiter.reserve([(fast, 1)]) == pytest.approx(0.11, abs=0.02)
+    second = limiter.reserve([(fast, 1), (slow, 1)])
+    assert second == pytest.approx(0.1 - BULK_LEAD_SECONDS, abs=0.02)
+    third = limiter.reserve([(fast, 1)])
+    assert third == pytest.approx(second + 0.01 - BULK_LEAD_SECONDS, abs=0.02)
 
 
 def test_admission_allows_a_minute_of_requests_then_denies(limiter: Limiter) -> None:
@@ -104,7 +107,7 @@ def test_realistic_limits_reserve_admit_and_settle(
 def test_a_10000_rpm_limit_spaces_requests_6_ms_apart(limiter: Limiter) -> None:
     rpm = Rate(scope(), "rpm", 10_000)
     waits = [limiter.reserve([(rpm, 1)]) for _ in range(50)]
-    assert waits[-1] == pytest.approx(49 * 0.006, abs=0.02)
+    assert waits[-1] == pytest.approx(49 * 0.006 - BULK_LEAD_SECONDS, abs=0.02)
 
 
 def test_a_100m_tpm_limit_counts_a_minute_of_tokens_exactly(limiter: Limiter) -> None:
@@ -143,3 +146,21 @@ def test_a_worker_runs_jobs_under_100m_provider_and_1m_model_tpm(
     )
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["message"]["content"]
+
+
+def test_bulk_takes_only_free_capacity_and_never_delays_interactive(
+    limiter: Limiter,
+) -> None:
+    rpm = Rate(scope(), "rpm", 6000)  # 10 ms a request
+    granted = 0
+    while limiter.reserve_bulk([(rpm, 1)]) == 0.0:
+        granted += 1
+    # Bulk may run its lead ahead of now (30 ms: 3 requests), no further...
+    assert granted == pytest.approx(BULK_LEAD_SECONDS / 0.01, abs=1)
+    assert limiter.reserve_bulk([(rpm, 1)]) > 0
+    # ...and an interactive call after it goes at once.
+    assert limiter.reserve([(rpm, 1)]) == pytest.approx(0.0, abs=0.005)
+    # Interactive reservations queued ahead make bulk wait for them.
+    for _ in range(5):
+        limiter.reserve([(rpm, 1)])
+    assert limiter.reserve_bulk([(rpm, 1)]) == pytest.approx(0.05, abs=0.02)

@@ -54,13 +54,16 @@ def wait_for_limits(
     hold_seconds: float,
     cancel: CancelToken,
     announce: Callable[[dict[str, Any]], None],
+    reserved: bool = False,
 ) -> list[str] | None:
     """Wait (sleeping, not spinning) until the limits let this call go.
 
+    ``reserved``: the rates were reserved for this call already (a batch
+    request the dispatcher paced); only concurrency slots are taken.
     Returns the concurrency scopes whose slot ``holder`` took, or None if the run
     was stopped while waiting.
     """
-    wait = limiter.reserve(rates)
+    wait = 0.0 if reserved else limiter.reserve(rates)
     if wait > 0:
         announce(
             {

@@ -245,6 +245,7 @@ class JobRunner:
             self.lease_seconds,
             run.cancel,
             lambda status: self._announce(job, run, status),
+            reserved=job.paced and run.attempts == 1 and model.id == job.model,
         )
         if scopes is None:
             return

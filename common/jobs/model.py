@@ -97,6 +97,9 @@ class JobRecord:
     #: The price a metered key's hold was taken at, as ``Price.shown`` gives it
     #: (None: not charged); the job is settled at the same price.
     price: dict[str, Any] | None = None
+    #: A batch request whose first call's provider rates the batch dispatcher
+    #: reserved already (common/batches/dispatcher.py).
+    paced: bool = False
 
     @property
     def terminal(self) -> bool:
@@ -155,6 +158,7 @@ def decode_record(raw: dict[bytes, bytes]) -> JobRecord:
         key_slot=f.get("key_slot") == "1",
         usage_estimated=f.get("usage_estimated") == "1",
         price=loaded["price"],
+        paced=f.get("paced") == "1",
     )
 
 
