@@ -42,6 +42,15 @@ DEFAULT_DELTA_WINDOW_MS = 10.0
 DEFAULT_TIMEZONE = ZoneInfo("Asia/Shanghai")
 #: Origins whose web pages may call llmq from a browser; ``*`` is any origin.
 DEFAULT_CORS_ORIGINS = ("*",)
+#: Where uploaded files and batch output files are kept (API.md section 11).
+DEFAULT_FILES_DIR = PROJECT_ROOT / "var" / "files"
+#: OpenAI's limits on a batch input file: lines, and bytes (200 MB).
+DEFAULT_FILE_MAX_LINES = 50_000
+DEFAULT_FILE_MAX_BYTES = 200 * 1000 * 1000
+#: Batch lines one provider may have dispatched and unfinished at once: it bounds
+#: the bulk queue's task messages and the workers' greenlets whatever the
+#: batch's size (common/batches/dispatcher.py).
+DEFAULT_BULK_WINDOW = 256
 #: What a browser sends as ``Origin``: scheme, host (IPv6 in brackets), port.
 _ORIGIN = re.compile(
     r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[^\s/?#@:\[\]]+)(:\d+)?", re.I
@@ -76,6 +85,10 @@ class Settings:
     cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
     #: Where the daily free allowance resets at midnight.
     timezone: ZoneInfo = DEFAULT_TIMEZONE
+    files_dir: Path = DEFAULT_FILES_DIR
+    file_max_lines: int = DEFAULT_FILE_MAX_LINES
+    file_max_bytes: int = DEFAULT_FILE_MAX_BYTES
+    bulk_window: int = DEFAULT_BULK_WINDOW
 
 
 def _positive(
@@ -201,5 +214,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         cors_origins=_origins(env, "LLMQ_CORS_ORIGINS"),
         timezone=_timezone(env, "LLMQ_TIMEZONE"),
+        files_dir=Path(env.get("LLMQ_FILES_DIR") or DEFAULT_FILES_DIR),
+        file_max_lines=_positive_int(
+            env, "LLMQ_FILE_MAX_LINES", DEFAULT_FILE_MAX_LINES
+        ),
+        file_max_bytes=_positive_int(
+            env, "LLMQ_FILE_MAX_BYTES", DEFAULT_FILE_MAX_BYTES
+        ),
+        bulk_window=_positive_int(env, "LLMQ_BULK_WINDOW", DEFAULT_BULK_WINDOW),
     )
     return _check_visibility(settings)

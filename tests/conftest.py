@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -280,6 +281,7 @@ def base_env(redis_url: str, catalog: Path, database_url: str) -> dict[str, str]
         LLMQ_ADMIN_KEY=ADMIN_KEY,
         FAKE_PROVIDER_KEY=FAKE_PROVIDER_KEY,
         LLMQ_SSE_KEEPALIVE_SECONDS=str(TEST_KEEPALIVE_SECONDS),
+        LLMQ_FILES_DIR=tempfile.mkdtemp(prefix="llmq-files-"),
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -358,6 +360,15 @@ def start_retention(
     database, and their Redis copies dropped after the window."""
     return start_process(
         [sys.executable, "-m", "workers.retention"], env, logdir / f"{name}.log"
+    )
+
+
+def start_batches(
+    env: dict[str, str], logdir: Path, name: str = "batches"
+) -> subprocess.Popen[bytes]:
+    """The batch dispatcher the launcher runs beside its workers."""
+    return start_process(
+        [sys.executable, "-m", "workers.batches"], env, logdir / f"{name}.log"
     )
 
 
@@ -441,7 +452,9 @@ def stack(
     worker = start_worker(env, logdir)
     url, web = start_web(env, logdir)
     retention = start_retention(env, logdir)
+    batches = start_batches(env, logdir)
     yield Stack(url, env, redis_server.url)
+    stop_process(batches)
     stop_process(retention)
     stop_process(web)
     stop_process(worker)

@@ -103,7 +103,8 @@ def test_the_worker_line_starts_one_worker_per_core_with_the_default_slots(
         assert DEFAULT_WORKER_CONCURRENCY == 1000
         assert len(celery_workers(launcher)) == cores()
         children = psutil.Process(launcher.pid).children()
-        assert ["workers.retention" in p.cmdline() for p in children].count(True) == 1
+        for housekeeper in ("workers.retention", "workers.batches"):
+            assert [housekeeper in p.cmdline() for p in children].count(True) == 1
 
 
 def test_300_streams_reach_the_upstream_at_once_through_one_worker_process(

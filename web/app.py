@@ -13,6 +13,11 @@ from flask_openapi3 import Info, OpenAPI
 from common.accounts.billing import Billing
 from common.accounts.pricing import format_money
 from common.accounts.store import KeyStore
+from common.batches.files import FileStore
+from common.batches.progress import BatchProgress
+from common.batches.results import Results
+from common.batches.service import BatchService
+from common.batches.store import BatchStore
 from common.config import Settings, load_settings
 from common.db.engine import make_engine
 from common.db.migrate import migrate
@@ -24,7 +29,18 @@ from common.jsoncodec import dumps_bytes, loads_request
 from common.limits import Limiter
 from common.redis import socket_check
 from common.redis.client import connect
-from web import account, admin, chat, envelope, health, jobs, legacy, models
+from web import (
+    account,
+    admin,
+    batches,
+    chat,
+    envelope,
+    files,
+    health,
+    jobs,
+    legacy,
+    models,
+)
 from web.cli import keys_cli, usage_command
 from web.context import Services
 from web.errors import register_error_handlers, validation_error_response
@@ -72,17 +88,30 @@ def _services(settings: Settings) -> Services:
     engine = make_engine(settings.database_url)
     migrate(engine)
     keys = KeyStore(engine, client)
+    store, history = JobStore(client, settings.job_ttl_seconds), JobHistory(engine)
     jobs_service = JobService(
-        JobStore(client, settings.job_ttl_seconds),
+        store,
         EventLog(client, Hub(client)),
         settings.catalog,
         Limiter(client),
         TaskMessages(make_celery(settings)).run_job,
         keys,
-        JobHistory(engine),
+        history,
         Billing(engine, client, settings.timezone, settings.catalog.total_timeouts()),
     )
-    return Services(settings, client, jobs_service, keys)
+    progress = BatchProgress(client)
+    bulk = BatchService(
+        FileStore(
+            engine,
+            settings.files_dir,
+            settings.file_max_lines,
+            settings.file_max_bytes,
+        ),
+        BatchStore(engine),
+        progress,
+        Results(progress, store, history),
+    )
+    return Services(settings, client, jobs_service, keys, bulk)
 
 
 def _answer_preflight() -> Response | None:
@@ -150,7 +179,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.extensions["llmq"] = _services(settings)
     register_error_handlers(app)
     _enable_cors(app, settings.cors_origins)
-    for surface in (health, chat, models, jobs, envelope, legacy, account, admin):
+    surfaces = (health, chat, models, jobs, files, batches, envelope, legacy)
+    for surface in (*surfaces, account, admin):
         app.register_api(surface.bp)
     app.cli.add_command(keys_cli)
     app.cli.add_command(usage_command)

@@ -91,6 +91,13 @@ def require_key() -> None:
     load_json_body()
 
 
+def require_key_streaming() -> None:
+    """Blueprint hook for routes whose body is a file upload: the key from the
+    headers, the body left unread (it is streamed by the view, never held whole
+    in memory as ``load_json_body`` would)."""
+    g.caller = _identify(_header_key())
+
+
 def require_key_or_body() -> None:
     """Blueprint hook for envelope routes: the key may also be the body's api_key."""
     raw = _header_key()

@@ -8,6 +8,7 @@ import redis
 from flask import current_app
 
 from common.accounts.store import KeyStore
+from common.batches.service import BatchService
 from common.config import Settings
 from common.jobs.service import JobService
 
@@ -20,6 +21,7 @@ class Services:
     redis: redis.Redis
     jobs: JobService
     keys: KeyStore
+    batches: BatchService
 
 
 def services() -> Services:

@@ -7,11 +7,12 @@ them (default: the cores this process may run on), each with the gevent pool and
 ``LLMQ_WORKER_CONCURRENCY`` jobs in flight (Celery reads it from the app's
 settings). Arguments after the module name go to every worker (``--loglevel
 DEBUG``). Beside them it runs one retention process (workers/retention.py), which
-moves finished jobs to the database. A process that dies after it started is
-started again; one that dies
-within ``STARTUP_SECONDS`` stops the rest (a bad setting or an unreachable broker
-is no reason to loop). SIGTERM and SIGINT reach every worker once, as SIGTERM:
-Celery's warm shutdown, in which running jobs finish or go back to the queue
+moves finished jobs to the database, and one batch dispatcher
+(workers/batches.py), which feeds batch requests to the workers. A process that
+dies after it started is started again; one that dies within ``STARTUP_SECONDS``
+stops the rest (a bad setting or an unreachable broker is no reason to loop).
+SIGTERM and SIGINT reach every worker once, as SIGTERM: Celery's warm shutdown,
+in which running jobs finish or go back to the queue
 (``LLMQ_WORKER_GRACE_SECONDS``); a terminal's Ctrl-C already sends the workers
 SIGINT themselves, and a second SIGINT would make Celery's shutdown cold.
 """
@@ -39,8 +40,12 @@ STARTUP_SECONDS = 5.0
 RESTART_DELAY_SECONDS = 1.0
 #: prctl option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
-#: The number the retention process goes by among the workers.
+#: The numbers the retention process and the batch dispatcher go by among the
+#: workers.
 RETENTION = -1
+BATCHES = -2
+#: The housekeeping processes and their modules.
+HOUSEKEEPERS = {RETENTION: "workers.retention", BATCHES: "workers.batches"}
 
 
 def cores() -> int:
@@ -93,8 +98,8 @@ class Launcher:
 
     def start(self, number: int) -> None:
         command = (
-            [sys.executable, "-m", "workers.retention"]
-            if number == RETENTION
+            [sys.executable, "-m", HOUSEKEEPERS[number]]
+            if number in HOUSEKEEPERS
             else worker_command(f"worker-{os.getpid()}-{number}", self.extra)
         )
         proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
@@ -116,7 +121,7 @@ class Launcher:
         """Run until every worker has stopped; the exit status to leave with."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        for number in [*range(self.count), RETENTION]:
+        for number in [*range(self.count), *HOUSEKEEPERS]:
             self.start(number)
         status = 0
         while self.workers:

@@ -157,6 +157,15 @@ class KeyStore:
             self._cache[wanted] = identity
         return identity
 
+    def identity(self, key_id: str) -> KeyIdentity | None:
+        """The identity of a live key by its id (for work it left running, such
+        as a batch's requests), checked at the current generation."""
+        with Session(self.engine) as session:
+            row = session.get(ApiKey, key_id)
+        if row is None:
+            return None
+        return _live(self._checked(row.key_hash, None))
+
     def _lookup(self, wanted: str, generation: str) -> KeyIdentity | None:
         with Session(self.engine) as session:
             row = session.scalars(

@@ -150,6 +150,14 @@ class JobHistory:
             row = session.get(JobRow, job_id)
             return None if row is None else _record(row)
 
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """Those of ``job_ids`` the database holds, by id."""
+        if not job_ids:
+            return {}
+        with Session(self.engine) as session:
+            rows = session.scalars(select(JobRow).where(JobRow.id.in_(job_ids)))
+            return {row.id: _record(row) for row in rows}
+
     def events(self, job_id: str, after: int) -> list[Event]:
         """The job's compacted events with id > ``after`` (none for no such job)."""
         with Session(self.engine) as session:

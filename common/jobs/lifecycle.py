@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from common.catalog import ModelConfig
 from common.jobs.model import EventType, JobRecord, JobStatus, Transition, now
 from common.jobs.store import JobStore
 from common.jsoncodec import dumps
@@ -35,6 +36,29 @@ def job_object(job: JobRecord, queue_position: int | None = None) -> dict[str, A
     if job.status == JobStatus.QUEUED:
         obj["queue_position"] = queue_position
     return obj
+
+
+def queued_fields(
+    job_id: str,
+    owner: str,
+    model: ModelConfig,
+    body: dict[str, Any],
+    priority: str,
+    metadata: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The record of a new queued job, before what its key's limits add."""
+    return {
+        "id": job_id,
+        "owner": owner,
+        "status": JobStatus.QUEUED,
+        "model": model.id,
+        "provider": model.provider,
+        "priority": priority,
+        "created_at": now(),
+        "attempts": 0,
+        "request": body,
+        "metadata": metadata,
+    }
 
 
 def key_slot(owner: str) -> str:
@@ -77,3 +101,18 @@ def finish_job(
             rate = Rate(key_slot(job.owner), "tpm", job.key_tpm)
             limiter.settle(rate, used - job.tpm_estimate)
     return final, done
+
+
+def cancel_queued(
+    store: JobStore, limiter: Limiter, job: JobRecord
+) -> JobRecord | None:
+    """End a queued job ``cancelled`` before it starts; None if it had started."""
+    final, done = finish_job(
+        store,
+        limiter,
+        job,
+        JobStatus.CANCELLED,
+        expected=(JobStatus.QUEUED,),
+        events=[(EventType.STATUS, dumps({"status": JobStatus.CANCELLED}))],
+    )
+    return final if done.applied else None

@@ -25,14 +25,18 @@ from common.errors import (
 )
 from common.jobs.events import Event, EventLog
 from common.jobs.history import JobHistory, created_ms
-from common.jobs.lifecycle import finish_job, job_object, key_slot
+from common.jobs.lifecycle import (
+    cancel_queued,
+    job_object,
+    key_slot,
+    queued_fields,
+)
 from common.jobs.listing import merged_page
 from common.jobs.model import (
     EventType,
     JobRecord,
     JobStatus,
     TaskPush,
-    now,
     record_from,
 )
 from common.jobs.store import JobStore, KeysChanged
@@ -197,16 +201,7 @@ class JobService:
                 admission=admission,
             )
         fields = {
-            "id": job_id,
-            "owner": caller.id,
-            "status": JobStatus.QUEUED,
-            "model": model.id,
-            "provider": model.provider,
-            "priority": priority,
-            "created_at": now(),
-            "attempts": 0,
-            "request": body,
-            "metadata": metadata,
+            **queued_fields(job_id, caller.id, model, body, priority, metadata),
             "key_tpm": caller.tpm,
             "key_slot": 1 if caller.concurrency else None,
             "tpm_estimate": tokens if caller.tpm else None,
@@ -355,23 +350,12 @@ class JobService:
         """Cancel a job: a queued one ends at once, a running one is signalled."""
         job = self.get(caller, job_id)
         if job.status == JobStatus.QUEUED:
-            cancelled = self._cancel_queued(job)
+            cancelled = cancel_queued(self.store, self.limiter, job)
             if cancelled is not None:
                 return cancelled
         if not job.terminal:
             self.store.request_cancel(job.id)
         return self.store.get(job.id) or job
-
-    def _cancel_queued(self, job: JobRecord) -> JobRecord | None:
-        final, done = finish_job(
-            self.store,
-            self.limiter,
-            job,
-            JobStatus.CANCELLED,
-            expected=(JobStatus.QUEUED,),
-            events=[(EventType.STATUS, dumps({"status": JobStatus.CANCELLED}))],
-        )
-        return final if done.applied else None
 
     def list(
         self, caller: KeyIdentity, status: str | None, limit: int, after: str | None

@@ -94,3 +94,30 @@ def money_generation_key(key_id: str) -> str:
 #: Hash of open holds: job id -> "<key id> <from free> <from balance> <day>
 #: <granted 0/1> <taken at, s>".
 MONEY_HOLDS_KEY = f"{PREFIX}:money:holds"
+
+
+def batch_key(batch_id: str) -> str:
+    """Hash of a running batch's live state: ``cursor`` (requests dispatched or
+    refused so far) and ``offset`` (the input file's byte where the next one
+    starts), and the ``completed``, ``failed``, ``input_tokens`` and
+    ``output_tokens`` of its finished lines (common/batches/progress.py)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_running_key(batch_id: str) -> str:
+    """Hash of a batch's dispatched, unfinished requests: index -> byte offset."""
+    return f"{PREFIX}:batch:{batch_id}:running"
+
+
+def batch_done_key(batch_id: str) -> str:
+    """List of a batch's finished request indexes, in the order they finished."""
+    return f"{PREFIX}:batch:{batch_id}:done"
+
+
+def batch_refused_key(batch_id: str) -> str:
+    """Hash of a batch's requests refused before they ran: index -> output line."""
+    return f"{PREFIX}:batch:{batch_id}:refused"
+
+
+#: String naming the batch dispatcher that holds the lead, with a TTL.
+BATCH_DISPATCHER_KEY = f"{PREFIX}:batch:dispatcher"

@@ -10,6 +10,7 @@ from common.accounts import (
     ledger,  # noqa: F401  (registers ledger, job_usage)
     models,  # noqa: F401  (registers api_keys on Base)
 )
+from common.batches import models as batch_models  # noqa: F401  (files, batches)
 from common.db.base import Base
 from common.jobs import history  # noqa: F401  (registers jobs on Base)
 

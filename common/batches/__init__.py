@@ -1,0 +1,1 @@
+"""Bulk offline processing: files, batches, their dispatcher and the ``llmq`` CLI."""
