@@ -216,6 +216,10 @@ providers:
     kind: openai
     base_url: {upstream_url}/v1
     limits: {{rpm: 10000, tpm: 100000000}}
+  paced:
+    kind: openai
+    base_url: {upstream_url}/v1
+    limits: {{rpm: 3000}}
   sim:
     kind: simulated
     simulated: {{first_token_delay: 0.05, tokens_per_second: 100, reply_tokens: 12}}
@@ -248,6 +252,8 @@ models:
   - id: vast-model
     provider: vast
     limits: {{tpm: 1000000}}
+  - id: paced-model
+    provider: paced
   - id: hasty-model
     provider: hasty
   - id: fallback-model

@@ -24,6 +24,7 @@ another) goes on from there without redoing or losing a request.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -110,7 +111,7 @@ class Dispatcher:
         self.plans: dict[str, Plan] = {}
         self.in_flight: Counter[str] = Counter()
         self._callers: dict[str, KeyIdentity | None] = {}
-        self._owner_turn = 0
+        self._last_owner = ""
         self._batch_turn: Counter[str] = Counter()
         self._refreshed = self._collected = 0.0
 
@@ -227,13 +228,14 @@ class Dispatcher:
         blocked: dict[str, float] = {}
         fed = 0
         while owners and fed < MOST_PER_TICK:
-            start = self._owner_turn % len(owners)
+            # The turn passes on from the last owner served, tick after tick.
+            start = bisect.bisect_right(owners, self._last_owner)
             moved = False
             for owner in owners[start:] + owners[:start]:
                 if self._feed_owner(by_owner[owner], blocked):
                     fed += 1
                     moved = True
-            self._owner_turn += 1
+                    self._last_owner = owner
             owners = [o for o in owners if any(not p.exhausted for p in by_owner[o])]
             if not moved:
                 break
