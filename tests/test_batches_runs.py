@@ -3,12 +3,14 @@ expiry mid-way, fair shares between keys, the partial output route, charging."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
 from typing import Any
 
 import openai
+import psutil
 import pytest
 import requests
 import sqlalchemy
@@ -309,3 +311,45 @@ def test_every_line_is_charged_like_a_job_to_the_batch_key(stack: Stack) -> None
         f"{stack.url}/admin/keys/{made['id']}", headers=ADMIN, timeout=10
     ).json()["balance"]
     assert float(balance) < 1
+
+
+def _web_rss(url: str) -> int:
+    """Resident bytes of the gunicorn serving ``url``: its master and workers."""
+    port = int(url.rsplit(":", 1)[1])
+    master = next(
+        psutil.Process(c.pid)
+        for c in psutil.net_connections("tcp")
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid
+    )
+    return sum(p.memory_info().rss for p in [master, *master.children(recursive=True)])
+
+
+def test_an_upload_is_streamed_to_disk_not_held_in_memory(
+    stack: Stack, client: openai.OpenAI
+) -> None:
+    prompt = "y" * 4000
+    data = jsonl(
+        [
+            request_line(f"big{i}", messages=[{"role": "user", "content": prompt}])
+            for i in range(15_000)
+        ]
+    )
+    assert len(data) > 60_000_000
+    before, peak = _web_rss(stack.url), 0
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, _web_rss(stack.url))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        uploaded = client.files.create(file=("big.jsonl", data), purpose="batch")
+    finally:
+        sampling = False
+        sampler.join()
+    assert uploaded.bytes == len(data)
+    assert peak - before < 20_000_000, f"the web grew {(peak - before) / 1e6:.0f} MB"

@@ -30,7 +30,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import redis
 from redis.exceptions import LockError
@@ -41,6 +40,7 @@ from common.batches import outcomes
 from common.batches.finishing import Finisher
 from common.batches.models import BatchRow, BatchStatus
 from common.batches.outcomes import Unanswered
+from common.batches.plan import Plan
 from common.batches.progress import BatchProgress, LiveState, Outcome, job_id_for
 from common.batches.reader import InputReader, read_at
 from common.batches.recovery import Collector
@@ -61,30 +61,6 @@ MOST_PER_TICK = 500
 #: Pause between ticks while batches run, and while none does.
 BUSY_PAUSE_SECONDS = 0.05
 IDLE_PAUSE_SECONDS = 0.5
-
-
-@dataclass
-class Plan:
-    """The dispatcher's working state for one batch (rebuilt after a restart)."""
-
-    row: BatchRow
-    reader: InputReader
-    running: set[int] = field(default_factory=set)
-    pending: Prepared | None = None
-    exhausted: bool = False
-    #: Jobs of a stopping batch already told to stop.
-    stopped: set[str] = field(default_factory=set)
-
-    @property
-    def ending(self) -> Unanswered | None:
-        """Why the batch stops early, if it does."""
-        if self.row.status == BatchStatus.CANCELLING:
-            return Unanswered.BATCH_CANCELLED
-        if self.row.status == BatchStatus.IN_PROGRESS and time.time() >= (
-            self.row.expires_at
-        ):
-            return Unanswered.BATCH_EXPIRED
-        return None
 
 
 class Dispatcher:
@@ -128,7 +104,7 @@ class Dispatcher:
                     lock.reacquire()
                 else:
                     leading = lock.acquire(blocking=False)
-                    self.plans.clear()
+                    self._forget_plans()
                 if leading:
                     pause = self.tick()
             except LockError:
@@ -201,6 +177,12 @@ class Dispatcher:
             self.files.path(row.input_file_id), state.cursor, state.offset
         )
         return Plan(row, reader, set(self.progress.running(row.id)))
+
+    def _forget_plans(self) -> None:
+        """Start over from what Redis and the database hold (a new lead)."""
+        for plan in self.plans.values():
+            plan.reader.close()
+        self.plans.clear()
 
     def caller(self, owner: str) -> KeyIdentity | None:
         if owner not in self._callers:

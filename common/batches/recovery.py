@@ -17,7 +17,8 @@ from common.limits import Limiter
 from common.redis import keys
 
 if TYPE_CHECKING:
-    from common.batches.dispatcher import Dispatcher, Plan
+    from common.batches.dispatcher import Dispatcher
+    from common.batches.plan import Plan
 
 #: Fields of a job read to learn whether and how it ended.
 _FIELDS = ("status", "provider", "usage")
