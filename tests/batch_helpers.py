@@ -53,13 +53,7 @@ def wait_batch(
     client: openai.OpenAI, batch_id: str, timeout: float = BATCH_TIMEOUT_SECONDS
 ) -> Any:
     """The batch once it has ended."""
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in ENDED:
-            return batch
-        assert time.monotonic() < deadline, f"batch {batch_id} still {batch.status}"
-        time.sleep(0.2)
+    return wait_status(client, batch_id, ENDED, timeout)
 
 
 def wait_status(

@@ -358,6 +358,7 @@ CLI_MODULES = {
     "common.batches.cli_files",
     "common.batches.cli_steps",
     "common.batches.client",
+    "common.batches.statuses",
 }
 
 

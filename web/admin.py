@@ -21,7 +21,7 @@ from common.errors import InvalidRequestError, NotFoundError
 from common.schemas import KeyPath
 from web import auth
 from web.account import usage_answer
-from web.context import services
+from web.context import openai_list, services
 
 bp = APIBlueprint("admin", __name__, url_prefix="/admin", abp_tags=[Tag(name="admin")])
 bp.before_request(auth.require_admin)
@@ -114,15 +114,7 @@ def key_ledger(path: KeyPath, query: LedgerQuery) -> Response:
         services().keys.engine, path.key_id, query.after, query.limit
     )
     data = [ledger_entry(row) for row in rows]
-    return jsonify(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": more,
-        }
-    )
+    return openai_list(data, more)
 
 
 @bp.get("/usage")

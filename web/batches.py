@@ -12,7 +12,7 @@ from common.batches.schemas import (
     BatchPath,
 )
 from web import auth
-from web.context import services
+from web.context import openai_list, services
 
 bp = APIBlueprint(
     "batches", __name__, url_prefix="/v1/batches", abp_tags=[Tag(name="batches")]
@@ -40,15 +40,7 @@ def list_batches(query: BatchListQuery) -> Response:
     svc = services().batches
     rows, has_more = svc.batches.page(auth.caller().id, query.limit, query.after)
     data = [svc.view(row) for row in rows]
-    return jsonify(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return openai_list(data, has_more)
 
 
 @bp.get("/<batch_id>")

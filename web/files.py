@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from common.batches.files import file_object
 from common.batches.schemas import FileListQuery, FilePath
 from web import auth
-from web.context import services
+from web.context import openai_list, services
 
 bp = APIBlueprint(
     "files", __name__, url_prefix="/v1/files", abp_tags=[Tag(name="files")]
@@ -53,15 +53,7 @@ def list_files(query: FileListQuery) -> Response:
         auth.caller().id, query.purpose, query.limit, query.after
     )
     data = [file_object(row) for row in rows]
-    return jsonify(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return openai_list(data, has_more)
 
 
 @bp.get("/<file_id>")

@@ -17,7 +17,7 @@ from common.schemas import (
     JobQuery,
 )
 from web import auth
-from web.context import services
+from web.context import openai_list, services
 from web.relay import submitted
 from web.sse import KEEPALIVE, job_event, sse_response
 
@@ -59,15 +59,7 @@ def list_jobs(query: JobListQuery) -> Response:
         auth.caller(), query.status, query.limit, query.after
     )
     data = [svc.jobs.view(job) for job in jobs]
-    return jsonify(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return openai_list(data, has_more)
 
 
 @bp.get("/<job_id>")

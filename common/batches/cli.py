@@ -27,13 +27,11 @@ from common.batches.cli_files import (
     select_requests,
 )
 from common.batches.cli_steps import (
-    ENDED,
     EXIT_INTERRUPTED,
     META_FORMAT,
     META_INPUT,
     META_LINES,
     META_RETRY_OF,
-    BatchStatus,
     Session,
     batch_metadata,
     connect,
@@ -48,6 +46,7 @@ from common.batches.cli_steps import (
     wait_for_end,
 )
 from common.batches.client import CHAT_ENDPOINT, BatchClient, ClientError, ConfigError
+from common.batches.statuses import ENDED, BatchStatus
 
 #: OpenAI's longest metadata value.
 METADATA_VALUE_MAX_CHARS = 512

@@ -3,7 +3,6 @@ with a progress bar, write the results and report them on stderr."""
 
 from __future__ import annotations
 
-import enum
 import os
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from common.batches.client import (
     resolve_base_url,
     resolve_poll_seconds,
 )
+from common.batches.statuses import ENDED, BatchStatus
 
 #: How long polling rides out a restart of llmq before it gives up.
 RECONNECT_GRACE_SECONDS = 120.0
@@ -67,30 +67,6 @@ TIMESTAMPS = (
     "expired_at",
     "cancelling_at",
     "cancelled_at",
-)
-
-
-class BatchStatus(enum.StrEnum):
-    """A batch's ``status`` (API.md section 6)."""
-
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-#: States a batch never leaves.
-ENDED = frozenset(
-    {
-        BatchStatus.COMPLETED,
-        BatchStatus.FAILED,
-        BatchStatus.EXPIRED,
-        BatchStatus.CANCELLED,
-    }
 )
 
 

@@ -30,6 +30,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import redis
 from redis.exceptions import LockError
@@ -284,15 +285,8 @@ class Dispatcher:
     def restart(self, plan: Plan, index: int, offset: int) -> None:
         """Create the job of a request taken but left without one by a crash."""
         next_offset, line = read_at(self.files.path(plan.row.input_file_id), offset)
-        request = Prepared(
-            index,
-            offset,
-            next_offset,
-            str(line.get("custom_id", "")),
-            job_id_for(plan.row.id, index),
-        )
+        request = self._prepared(plan, index, offset, next_offset, line)
         caller = self.caller(plan.row.owner)
-        self.submitter.prepare(caller, request, line)
         if request.error is not None or caller is None:
             self.refuse(plan, request, request.error, advance=False)
             return
@@ -311,7 +305,17 @@ class Dispatcher:
         if read is None:
             plan.exhausted = True
             return None
-        index, offset, next_offset, line = read
+        return self._prepared(plan, *read)
+
+    def _prepared(
+        self,
+        plan: Plan,
+        index: int,
+        offset: int,
+        next_offset: int,
+        line: dict[str, Any],
+    ) -> Prepared:
+        """Request ``index`` of the batch, read from ``line`` and checked."""
         request = Prepared(
             index,
             offset,

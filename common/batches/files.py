@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from common.batches.lines import LineCheck, parse_line
 from common.batches.models import ACTIVE as ACTIVE_BATCHES
 from common.batches.models import BatchRow, FilePurpose, FileRow, FileStatus
+from common.db.pages import newest_first
 from common.errors import (
     ConflictError,
     InvalidRequestError,
@@ -199,21 +200,8 @@ class FileStore:
         self, owner: str, purpose: str | None, limit: int, after: str | None
     ) -> tuple[list[FileRow], bool]:
         """The owner's files, newest first, after the file ``after``."""
-        query = select(FileRow).where(FileRow.owner == owner)
-        if purpose:
-            query = query.where(FileRow.purpose == purpose)
-        with Session(self.engine) as session:
-            if after:
-                last = session.get(FileRow, after)
-                if last is None or last.owner != owner:
-                    return [], False
-                query = query.where(
-                    tuple_(FileRow.created_at, FileRow.id)
-                    < tuple_(last.created_at, last.id)
-                )
-            query = query.order_by(FileRow.created_at.desc(), FileRow.id.desc())
-            rows = list(session.scalars(query.limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        where = [FileRow.purpose == purpose] if purpose else []
+        return newest_first(self.engine, FileRow, owner, limit, after, *where)
 
     def delete(self, owner: str, file_id: str) -> None:
         """Delete the owner's file, unless a batch still running reads it.

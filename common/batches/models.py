@@ -8,7 +8,10 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
+from common.batches.statuses import ENDED, BatchStatus
 from common.db.base import Base
+
+__all__ = ["ACTIVE", "ENDED", "BatchRow", "BatchStatus", "FileRow"]
 
 
 class FilePurpose(enum.StrEnum):
@@ -24,28 +27,6 @@ class FileStatus(enum.StrEnum):
     PROCESSED = "processed"
 
 
-class BatchStatus(enum.StrEnum):
-    """OpenAI's batch statuses (API.md section 6)."""
-
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-
-#: Statuses a batch never leaves.
-ENDED = frozenset(
-    {
-        BatchStatus.FAILED,
-        BatchStatus.COMPLETED,
-        BatchStatus.EXPIRED,
-        BatchStatus.CANCELLED,
-    }
-)
 #: Statuses the dispatcher works on.
 ACTIVE = frozenset(
     {

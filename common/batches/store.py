@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine, select, tuple_, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from common.batches.models import ACTIVE, BatchRow, BatchStatus
+from common.db.pages import newest_first
 from common.errors import NotFoundError
 
 #: The one completion window a batch may ask for, and its length.
@@ -77,19 +78,7 @@ class BatchStore:
         self, owner: str, limit: int, after: str | None
     ) -> tuple[list[BatchRow], bool]:
         """The owner's batches, newest first, after the batch ``after``."""
-        query = select(BatchRow).where(BatchRow.owner == owner)
-        with Session(self.engine) as session:
-            if after:
-                last = session.get(BatchRow, after)
-                if last is None or last.owner != owner:
-                    return [], False
-                query = query.where(
-                    tuple_(BatchRow.created_at, BatchRow.id)
-                    < tuple_(last.created_at, last.id)
-                )
-            query = query.order_by(BatchRow.created_at.desc(), BatchRow.id.desc())
-            rows = list(session.scalars(query.limit(limit + 1)))
-        return rows[:limit], len(rows) > limit
+        return newest_first(self.engine, BatchRow, owner, limit, after)
 
     def active(self) -> list[BatchRow]:
         """Every batch the dispatcher works on, oldest first."""
