@@ -142,6 +142,18 @@ ROUTES = [
         admin=True,
     ),
     Route(
+        "batches",
+        "/v1/batches",
+        "openai",
+        lambda: {
+            "input_file_id": "file-none",
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": {"k": "v"},
+        },
+        ("input_file_id", "endpoint", "completion_window", "metadata"),
+    ),
+    Route(
         "cancel",
         "/v1/jobs/{job_id}/cancel",
         "openai",
