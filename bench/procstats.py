@@ -50,3 +50,12 @@ def rss_mb(pids: list[int]) -> float:
         except OSError:
             continue
     return total_kb / 1024
+
+
+def command(pid: int) -> list[str]:
+    """``pid``'s command line, word by word (empty once it has exited)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")

