@@ -11,8 +11,10 @@ from pathlib import Path
 
 import openai
 import pytest
+import redis
 import requests
 
+from common.redis import keys
 from tests.batch_helpers import (
     file_lines,
     jsonl,
@@ -72,11 +74,19 @@ def test_a_batch_survives_killed_workers_dispatcher_and_web(
         for c in ids
     ]
     batch_id = run_batch(client, jsonl(lines))
-    wait_until(
-        lambda: client.batches.retrieve(batch_id).request_counts.completed >= 60,
-        30,
-        "60 lines done",
-    )
+    broker = redis.Redis.from_url(crash_env["REDIS_URL"])
+    widest = 0
+
+    def sixty_done() -> bool:
+        # Meanwhile: never more than the window dispatched and unfinished, nor
+        # more task messages than that on the bulk queue.
+        nonlocal widest
+        running = broker.hlen(keys.batch_running_key(batch_id))
+        widest = max(widest, running, broker.llen("bulk"))
+        return client.batches.retrieve(batch_id).request_counts.completed >= 60
+
+    wait_until(sixty_done, 30, "60 lines done")
+    assert 0 < widest <= int(WINDOW)
     for proc in procs[:2]:  # the worker and the dispatcher
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
