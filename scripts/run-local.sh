@@ -71,8 +71,8 @@ cat <<BANNER
  Run a file of prompts (one a line) as a batch:
 
  printf 'Hello\nBonjour\n' > prompts.txt
- LLMQ_API_KEY=$demo_key LLMQ_BASE_URL=http://127.0.0.1:$PORT \
-   $VENV/bin/llmq batch run prompts.txt -o replies.txt --model demo-chat
+ export LLMQ_API_KEY=$demo_key LLMQ_BASE_URL=http://127.0.0.1:$PORT
+ $VENV/bin/llmq batch run prompts.txt -o replies.txt --model demo-chat
 
  Ctrl-C stops everything.
 ================================================================================
