@@ -47,6 +47,8 @@ DEFAULT_FILES_DIR = PROJECT_ROOT / "var" / "files"
 #: OpenAI's limits on a batch input file: lines, and bytes (200 MB).
 DEFAULT_FILE_MAX_LINES = 50_000
 DEFAULT_FILE_MAX_BYTES = 200 * 1000 * 1000
+#: Worker processes that run batch requests, apart from the interactive ones.
+DEFAULT_BULK_WORKER_PROCESSES = 1
 #: Batch lines one provider may have dispatched and unfinished at once: it bounds
 #: the bulk queue's task messages and the workers' greenlets whatever the
 #: batch's size (common/batches/dispatcher.py).
@@ -73,6 +75,9 @@ class Settings:
     worker_concurrency: int = DEFAULT_WORKER_CONCURRENCY
     #: Worker processes the launcher starts; None: one per core.
     worker_processes: int | None = None
+    #: Worker processes for the bulk queue alone, at a lower CPU priority
+    #: (workers/launcher.py); 0: the other workers take bulk jobs too.
+    bulk_worker_processes: int = DEFAULT_BULK_WORKER_PROCESSES
     job_ttl_seconds: int = DEFAULT_JOB_TTL_SECONDS
     events_ttl_seconds: int = DEFAULT_EVENTS_TTL_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -186,6 +191,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             _positive_int(env, "LLMQ_WORKER_PROCESSES", 1)
             if env.get("LLMQ_WORKER_PROCESSES")
             else None
+        ),
+        bulk_worker_processes=_positive_int(
+            env,
+            "LLMQ_BULK_WORKER_PROCESSES",
+            DEFAULT_BULK_WORKER_PROCESSES,
+            allow_zero=True,
         ),
         job_ttl_seconds=_positive_int(
             env, "LLMQ_JOB_TTL_SECONDS", DEFAULT_JOB_TTL_SECONDS, allow_zero=True

@@ -29,7 +29,7 @@ from tests.conftest import (
     wait_until,
     web_on_own_redis,
 )
-from workers.launcher import STARTUP_SECONDS, cores
+from workers.launcher import BULK_NICENESS, STARTUP_SECONDS, cores
 
 #: Streams held open at once against a single worker process.
 STREAMS = 300
@@ -95,13 +95,17 @@ def test_the_worker_line_starts_one_worker_per_core_with_the_default_slots(
     bare: Stack, logdir: Path
 ) -> None:
     with launched(bare, logdir, "launch-cores") as (launcher, log):
-        wait_ready(log, cores())
+        wait_ready(log, cores() + 1)
         text = log.read_text()
-        assert f"starting {cores()} worker process(es)" in text
+        assert f"starting {cores()} worker process(es) and 1 for the bulk" in text
         banners = re.findall(r"concurrency:\s+(\d+) \(gevent\)", text)
-        assert banners == [str(DEFAULT_WORKER_CONCURRENCY)] * cores()
+        assert banners == [str(DEFAULT_WORKER_CONCURRENCY)] * (cores() + 1)
         assert DEFAULT_WORKER_CONCURRENCY == 1000
-        assert len(celery_workers(launcher)) == cores()
+        workers = celery_workers(launcher)
+        queues = sorted(p.cmdline()[p.cmdline().index("--queues") + 1] for p in workers)
+        assert queues == ["bulk"] + ["interactive"] * cores()
+        # The bulk worker yields the CPU to the interactive ones.
+        assert sorted(p.nice() for p in workers) == [0] * cores() + [BULK_NICENESS]
         children = psutil.Process(launcher.pid).children()
         for housekeeper in ("workers.retention", "workers.batches"):
             assert [housekeeper in p.cmdline() for p in children].count(True) == 1
@@ -188,7 +192,13 @@ def test_a_job_waiting_for_a_slot_shows_its_queue_position(
 def test_sigterm_stops_every_worker_and_a_killed_one_is_started_again(
     bare: Stack, logdir: Path
 ) -> None:
-    with launched(bare, logdir, "launch-restart", LLMQ_WORKER_PROCESSES="2") as (
+    with launched(
+        bare,
+        logdir,
+        "launch-restart",
+        LLMQ_WORKER_PROCESSES="2",
+        LLMQ_BULK_WORKER_PROCESSES="0",
+    ) as (
         launcher,
         log,
     ):
@@ -210,7 +220,13 @@ def test_sigterm_stops_every_worker_and_a_killed_one_is_started_again(
 
 
 def test_a_killed_launcher_leaves_no_worker_behind(bare: Stack, logdir: Path) -> None:
-    with launched(bare, logdir, "launch-killed", LLMQ_WORKER_PROCESSES="1") as (
+    with launched(
+        bare,
+        logdir,
+        "launch-killed",
+        LLMQ_WORKER_PROCESSES="1",
+        LLMQ_BULK_WORKER_PROCESSES="0",
+    ) as (
         launcher,
         log,
     ):

@@ -40,6 +40,11 @@ STARTUP_SECONDS = 5.0
 RESTART_DELAY_SECONDS = 1.0
 #: prctl option: the signal a process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
+#: How much lower the bulk workers' CPU priority is (nice): while interactive
+#: workers want a core, the kernel gives them about ten times the bulk workers'
+#: share, so a batch never slows an interactive stream down; idle, the bulk
+#: workers have every core.
+BULK_NICENESS = 10
 #: The numbers the retention process and the batch dispatcher go by among the
 #: workers.
 RETENTION = -1
@@ -65,8 +70,18 @@ def _die_with_parent() -> None:
         pass  # not Linux: a killed launcher leaves its workers to the supervisor
 
 
-def worker_command(name: str, extra: Sequence[str] = ()) -> list[str]:
-    """The Celery worker command line for worker ``name``."""
+def _die_with_parent_niced() -> None:
+    """In a bulk worker: die with the launcher, at the bulk workers' priority."""
+    _die_with_parent()
+    os.nice(BULK_NICENESS)
+
+
+def worker_command(
+    name: str,
+    extra: Sequence[str] = (),
+    queues: str = f"{QUEUE_INTERACTIVE},{QUEUE_BULK}",
+) -> list[str]:
+    """The Celery worker command line for worker ``name``, taking ``queues``."""
     return [
         sys.executable,
         "-m",
@@ -77,7 +92,7 @@ def worker_command(name: str, extra: Sequence[str] = ()) -> list[str]:
         "--pool",
         "gevent",
         "--queues",
-        f"{QUEUE_INTERACTIVE},{QUEUE_BULK}",
+        queues,
         "--loglevel",
         "INFO",
         "--hostname",
@@ -89,20 +104,31 @@ def worker_command(name: str, extra: Sequence[str] = ()) -> list[str]:
 class Launcher:
     """Starts the worker processes, restarts the ones that die, stops them all."""
 
-    def __init__(self, count: int, extra: Sequence[str]) -> None:
+    def __init__(self, count: int, extra: Sequence[str], bulk: int = 0) -> None:
         self.count = count
+        self.bulk = bulk
         self.extra = list(extra)
         self.stopping = False
         #: pid -> (worker number, start time)
         self.workers: dict[int, tuple[int, float]] = {}
 
     def start(self, number: int) -> None:
-        command = (
-            [sys.executable, "-m", HOUSEKEEPERS[number]]
-            if number in HOUSEKEEPERS
-            else worker_command(f"worker-{os.getpid()}-{number}", self.extra)
-        )
-        proc = subprocess.Popen(command, preexec_fn=_die_with_parent)
+        prepare = _die_with_parent
+        if number in HOUSEKEEPERS:
+            command = [sys.executable, "-m", HOUSEKEEPERS[number]]
+        elif number >= self.count:
+            command = worker_command(
+                f"bulk-{os.getpid()}-{number}", self.extra, QUEUE_BULK
+            )
+            prepare = _die_with_parent_niced
+        else:
+            queues = (
+                QUEUE_INTERACTIVE if self.bulk else f"{QUEUE_INTERACTIVE},{QUEUE_BULK}"
+            )
+            command = worker_command(
+                f"worker-{os.getpid()}-{number}", self.extra, queues
+            )
+        proc = subprocess.Popen(command, preexec_fn=prepare)
         self.workers[proc.pid] = (number, time.monotonic())
 
     def stop(self, signum: int, _frame: FrameType | None = None) -> None:
@@ -121,7 +147,7 @@ class Launcher:
         """Run until every worker has stopped; the exit status to leave with."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        for number in [*range(self.count), *HOUSEKEEPERS]:
+        for number in [*range(self.count + self.bulk), *HOUSEKEEPERS]:
             self.start(number)
         status = 0
         while self.workers:
@@ -148,11 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     count = settings.worker_processes or cores()
     log.info(
-        "starting %d worker process(es), %d jobs in flight each",
+        "starting %d worker process(es) and %d for the bulk queue, "
+        "%d jobs in flight each",
         count,
+        settings.bulk_worker_processes,
         settings.worker_concurrency,
     )
-    return Launcher(count, sys.argv[1:] if argv is None else argv).run()
+    extra = sys.argv[1:] if argv is None else argv
+    return Launcher(count, extra, settings.bulk_worker_processes).run()
 
 
 if __name__ == "__main__":
