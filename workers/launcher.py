@@ -5,8 +5,11 @@ A worker process runs its jobs as greenlets on one core, so a machine's cores ar
 used only by as many processes: the launcher starts ``LLMQ_WORKER_PROCESSES`` of
 them (default: the cores this process may run on), each with the gevent pool and
 ``LLMQ_WORKER_CONCURRENCY`` jobs in flight (Celery reads it from the app's
-settings). Arguments after the module name go to every worker (``--loglevel
-DEBUG``). Beside them it runs one retention process (workers/retention.py), which
+settings), on the interactive queue; and ``LLMQ_BULK_WORKER_PROCESSES`` (1) on
+the bulk queue alone, at a lower CPU priority (``BULK_NICENESS``), so batch
+requests take only the CPU interactive jobs leave. Arguments after the module
+name go to every worker (``--loglevel DEBUG``). Beside them it runs one
+retention process (workers/retention.py), which
 moves finished jobs to the database, and one batch dispatcher
 (workers/batches.py), which feeds batch requests to the workers. A process that
 dies after it started is started again; one that dies within ``STARTUP_SECONDS``
