@@ -14,6 +14,7 @@ import pytest
 import redis
 import requests
 
+from common.batches.recovery import REQUEUE_AFTER_SECONDS
 from common.redis import keys
 from tests.batch_helpers import (
     file_lines,
@@ -120,3 +121,34 @@ def test_a_batch_survives_killed_workers_dispatcher_and_web(
         for proc in [web, *procs]:
             if proc.poll() is None:
                 stop_process(proc)
+
+
+def test_a_request_whose_task_message_was_lost_is_sent_again(
+    crash_env: dict[str, str], logdir: Path
+) -> None:
+    """A worker killed between taking a task message and starting its job leaves
+    the job queued with no message (the broker redelivers it hours later): the
+    dispatcher pushes its task again after REQUEUE_AFTER_SECONDS."""
+    url, web = start_web(crash_env, logdir, "lost-web")
+    procs = [web, start_batches(crash_env, logdir, "lost-batches")]
+    try:
+        client = openai.OpenAI(
+            base_url=f"{url}/v1",
+            api_key=Stack(url, crash_env, crash_env["REDIS_URL"]).key(),
+            max_retries=0,
+        )
+        batch_id = run_batch(client, jsonl([request_line(f"l{i}") for i in range(5)]))
+        broker = redis.Redis.from_url(crash_env["REDIS_URL"])
+        wait_until(
+            lambda: broker.hlen(keys.batch_running_key(batch_id)) == 5,
+            20,
+            "the requests dispatched",
+        )
+        assert broker.delete("bulk") == 1  # every task message lost
+        procs.append(start_worker(crash_env, logdir, "lost-worker"))
+        done = wait_batch(client, batch_id, timeout=REQUEUE_AFTER_SECONDS + 30)
+        assert done.request_counts.completed == 5
+        assert "pushed again" in (logdir / "lost-batches.log").read_text()
+    finally:
+        for proc in procs:
+            stop_process(proc)

@@ -49,20 +49,21 @@ def build(settings: Settings) -> Dispatcher:
     files = FileStore(
         engine, settings.files_dir, settings.file_max_lines, settings.file_max_bytes
     )
+    task_message = TaskMessages(make_celery(settings)).run_job
     submitter = LineSubmitter(
         settings.catalog,
         keys,
         Billing(engine, client, settings.timezone, settings.catalog.total_timeouts()),
         store,
         limiter,
-        TaskMessages(make_celery(settings)).run_job,
+        task_message,
     )
     return Dispatcher(
         client,
         Finisher(
             BatchStore(engine), files, progress, Results(progress, store, history)
         ),
-        Collector(progress, store, history, limiter),
+        Collector(progress, store, history, limiter, task_message),
         submitter,
         settings.bulk_window,
         keys.identity,

@@ -22,6 +22,8 @@ class Plan:
     exhausted: bool = False
     #: Jobs of a stopping batch already told to stop.
     stopped: set[str] = field(default_factory=set)
+    #: Jobs whose task was pushed again (common/batches/recovery.py).
+    requeued: set[str] = field(default_factory=set)
 
     @property
     def ending(self) -> Unanswered | None:

@@ -3,25 +3,36 @@ crash left without a job (common/batches/progress.py explains the steps)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from common.batches.progress import BatchProgress, Outcome, job_id_for
 from common.jobs.history import JobHistory
 from common.jobs.lifecycle import cancel_queued
-from common.jobs.model import TERMINAL_STATUSES, JobStatus
+from common.jobs.model import TERMINAL_STATUSES, JobStatus, TaskPush
 from common.jobs.store import JobStore
 from common.jsoncodec import loads
 from common.limits import Limiter
+from common.queues import Priority
 from common.redis import keys
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from common.batches.dispatcher import Dispatcher
     from common.batches.plan import Plan
 
 #: Fields of a job read to learn whether and how it ended.
-_FIELDS = ("status", "provider", "usage")
+_FIELDS = ("status", "provider", "usage", "created_at")
+#: A batch request still queued this long after its job was created has lost its
+#: task message (a worker killed between taking it and starting the job, which
+#: the broker redelivers only after its visibility timeout, hours on): its task
+#: is pushed again, once. A second task for a job is harmless: the first start
+#: wins and the other finds the job taken.
+REQUEUE_AFTER_SECONDS = 30.0
 
 
 def _tokens(usage: Any) -> tuple[int, int]:
@@ -40,11 +51,13 @@ class Collector:
         store: JobStore,
         history: JobHistory,
         limiter: Limiter,
+        task_message: Callable[[str, Priority], TaskPush],
     ) -> None:
         self.progress = progress
         self.store = store
         self.history = history
         self.limiter = limiter
+        self.task_message = task_message
 
     def collect(self, plans: Sequence[Plan], dispatcher: Dispatcher) -> Counter[str]:
         """Record the ended requests of ``plans``; the requests still running,
@@ -61,18 +74,27 @@ class Collector:
                 pipe.hmget(keys.job_key(job_id), _FIELDS)
             missing: list[int] = []
             for index, raw in zip(ids, pipe.execute(), strict=True):
-                status, provider, usage = (
+                status, provider, usage, created = (
                     v.decode() if v is not None else None for v in raw
                 )
+                job_id = ids[index]
                 if status is None:
                     missing.append(index)
-                elif status in TERMINAL_STATUSES:
+                    continue
+                if status in TERMINAL_STATUSES:
                     self._finish(plan, index, status, loads(usage) if usage else None)
-                else:
-                    in_flight[provider or ""] += 1
-                    if plan.ending is not None and ids[index] not in plan.stopped:
-                        plan.stopped.add(ids[index])
-                        self._stop(ids[index], status)
+                    continue
+                in_flight[provider or ""] += 1
+                if plan.ending is not None and job_id not in plan.stopped:
+                    plan.stopped.add(job_id)
+                    self._stop(job_id, status)
+                elif (
+                    status == JobStatus.QUEUED
+                    and time.time() - float(created or 0) > REQUEUE_AFTER_SECONDS
+                    and job_id not in plan.requeued
+                ):
+                    plan.requeued.add(job_id)
+                    self._requeue(job_id)
             self._recover(plan, missing, {i: running[i] for i in missing}, dispatcher)
         return in_flight
 
@@ -99,6 +121,19 @@ class Collector:
         outcome = Outcome.COMPLETED if status == JobStatus.SUCCEEDED else Outcome.FAILED
         self.progress.finish(plan.row.id, index, outcome, _tokens(usage))
         plan.running.discard(index)
+
+    def _requeue(self, job_id: str) -> None:
+        """Push a queued job's task again (see ``REQUEUE_AFTER_SECONDS``)."""
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        moved = self.store.transition(
+            job, expected=(JobStatus.QUEUED,), task=self.task_message(job_id, "bulk")
+        )
+        if moved.applied:
+            log.warning(
+                "batch job %s was queued too long; its task is pushed again", job_id
+            )
 
     def _stop(self, job_id: str, status: str) -> None:
         """Stop a job of a cancelled or expired batch: a queued one never starts,
