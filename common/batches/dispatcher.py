@@ -39,13 +39,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from common.accounts.models import KeyIdentity
 from common.batches import outcomes
 from common.batches.finishing import Finisher
-from common.batches.models import BatchRow, BatchStatus
+from common.batches.lines import LineProblem, problem
+from common.batches.models import BatchRow
 from common.batches.outcomes import Unanswered
 from common.batches.plan import Plan
 from common.batches.progress import BatchProgress, LiveState, Outcome, job_id_for
 from common.batches.reader import InputReader, read_at
 from common.batches.recovery import Collector
-from common.batches.submit import LineSubmitter, Prepared
+from common.batches.statuses import BatchStatus
+from common.batches.submit import LineSubmitter, Prepared, revoked
 from common.errors import GatewayError, UnauthorizedError
 from common.redis import keys
 
@@ -151,23 +153,17 @@ class Dispatcher:
 
     def _validate(self, row: BatchRow) -> None:
         source = self.files.row(row.input_file_id)
-        problems = source.problems if source is not None else None
-        if source is None:
-            problems = [
-                {
-                    "code": "file_missing",
-                    "line": None,
-                    "param": None,
-                    "message": "the input file was deleted",
-                }
-            ]
+        problems = (
+            source.problems
+            if source is not None
+            else [problem(LineProblem.FILE_MISSING, None, "the input file was deleted")]
+        )
         if problems:
             errors = {"object": "list", "data": problems}
             self.batches.move(
                 row.id, [BatchStatus.VALIDATING], BatchStatus.FAILED, errors=errors
             )
             return
-        self.progress.begin(row.id)
         self.batches.move(row.id, [BatchStatus.VALIDATING], BatchStatus.IN_PROGRESS)
         self._refreshed = 0.0  # pick it up on the next tick
 
@@ -335,7 +331,7 @@ class Dispatcher:
     ) -> None:
         """Record a request that will not run, with the error a direct call gets
         (``advance``: it is the next one, so move the cursor past it)."""
-        error = error or UnauthorizedError("the batch's API key was revoked")
+        error = error or revoked()
         line = outcomes.refused(request.job_id, request.custom_id, error)
         self.progress.finish(
             plan.row.id, request.index, Outcome.FAILED, refused_line=line

@@ -21,8 +21,8 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from common.batches.lines import LineCheck, parse_line
-from common.batches.models import ACTIVE as ACTIVE_BATCHES
 from common.batches.models import BatchRow, FilePurpose, FileRow, FileStatus
+from common.batches.statuses import ACTIVE as ACTIVE_BATCHES
 from common.db.pages import newest_first
 from common.errors import (
     ConflictError,

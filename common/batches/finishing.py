@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 
 from common.batches.files import FileStore
-from common.batches.models import BatchRow, BatchStatus
+from common.batches.models import BatchRow
 from common.batches.outcomes import Unanswered
 from common.batches.progress import BatchProgress, LiveState
 from common.batches.results import READ_CHUNK, Results
+from common.batches.statuses import BatchStatus
 from common.batches.store import BatchStore
 
 _FILE_NAMESPACE = uuid.UUID("0b1f2a5e-5d8c-4b8e-9a51-3f6f1c2d7e90")

@@ -31,6 +31,7 @@ class LineProblem(enum.StrEnum):
     DUPLICATE_CUSTOM_ID = "duplicate_custom_id"
     MISMATCHED_URL = "mismatched_url"
     EMPTY_FILE = "empty_file"
+    FILE_MISSING = "file_missing"
 
 
 def problem(

@@ -1,4 +1,4 @@
-"""The ``files`` and ``batches`` tables and the states a batch goes through."""
+"""The ``files`` and ``batches`` tables (a batch's statuses: statuses.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from common.batches.statuses import ENDED, BatchStatus
 from common.db.base import Base
-
-__all__ = ["ACTIVE", "ENDED", "BatchRow", "BatchStatus", "FileRow"]
 
 
 class FilePurpose(enum.StrEnum):
@@ -25,17 +22,6 @@ class FileStatus(enum.StrEnum):
     """OpenAI's (deprecated but still sent) file status: always ``processed``."""
 
     PROCESSED = "processed"
-
-
-#: Statuses the dispatcher works on.
-ACTIVE = frozenset(
-    {
-        BatchStatus.VALIDATING,
-        BatchStatus.IN_PROGRESS,
-        BatchStatus.FINALIZING,
-        BatchStatus.CANCELLING,
-    }
-)
 
 
 class FileRow(Base):

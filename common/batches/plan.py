@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from common.batches.models import BatchRow, BatchStatus
+from common.batches.models import BatchRow
 from common.batches.outcomes import Unanswered
 from common.batches.reader import InputReader
+from common.batches.statuses import BatchStatus
 from common.batches.submit import Prepared
 
 

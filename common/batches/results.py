@@ -5,15 +5,13 @@ live or in the replay window, else in the database)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from common.batches import outcomes
 from common.batches.outcomes import Unanswered
 from common.batches.progress import BatchProgress, job_id_for
 from common.jobs.history import JobHistory
-from common.jobs.model import JobRecord, JobStatus, decode_record
+from common.jobs.model import JobRecord, JobStatus
 from common.jobs.store import JobStore
-from common.redis import keys
 
 #: Requests read per round trip.
 READ_CHUNK = 500
@@ -31,13 +29,7 @@ class Results:
 
     def jobs(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
         """Those of ``job_ids`` that exist, from Redis, else from the database."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.hgetall(keys.job_key(job_id))
-        found: dict[str, JobRecord] = {}
-        for job_id, raw in zip(job_ids, pipe.execute(), strict=True):
-            if raw:
-                found[job_id] = decode_record(cast(dict[bytes, bytes], raw))
+        found = self.store.get_many(job_ids)
         missing = [job_id for job_id in job_ids if job_id not in found]
         found.update(self.history.get_many(missing))
         return found

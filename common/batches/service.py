@@ -10,16 +10,17 @@ import orjson
 
 from common.batches.files import FileStore
 from common.batches.lines import CHAT_ENDPOINT
-from common.batches.models import ENDED, BatchRow, BatchStatus, FilePurpose
+from common.batches.models import BatchRow, FilePurpose
 from common.batches.progress import BatchProgress
 from common.batches.results import READ_CHUNK, Results
+from common.batches.statuses import ENDED, BatchStatus
 from common.batches.store import COMPLETION_WINDOW, BatchStore
 from common.errors import ConflictError, InvalidRequestError
 
 
-def batch_object(row: BatchRow, progress: BatchProgress | None) -> dict[str, Any]:
+def batch_object(row: BatchRow, progress: BatchProgress) -> dict[str, Any]:
     """OpenAI's batch object; a running batch's counts and usage live in Redis."""
-    live = progress.state(row.id) if progress and row.status not in ENDED else None
+    live = progress.state(row.id) if row.status not in ENDED else None
     counts = live or row
     tokens_in, tokens_out = counts.input_tokens, counts.output_tokens
     return {

@@ -28,3 +28,12 @@ ENDED = frozenset(
         BatchStatus.CANCELLED,
     }
 )
+#: Statuses the dispatcher works on.
+ACTIVE = frozenset(
+    {
+        BatchStatus.VALIDATING,
+        BatchStatus.IN_PROGRESS,
+        BatchStatus.FINALIZING,
+        BatchStatus.CANCELLING,
+    }
+)

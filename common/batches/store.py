@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from common.batches.models import ACTIVE, BatchRow, BatchStatus
+from common.batches.models import BatchRow
+from common.batches.statuses import ACTIVE, BatchStatus
 from common.db.pages import newest_first
 from common.errors import NotFoundError
 

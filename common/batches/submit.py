@@ -22,14 +22,19 @@ from common.accounts.store import KeyStore
 from common.catalog import Catalog, ModelConfig
 from common.errors import GatewayError, UnauthorizedError
 from common.execution.provider_limits import provider_rates
-from common.jobs.lifecycle import queued_fields
+from common.jobs.lifecycle import create_while_live, queued_fields
 from common.jobs.model import TaskPush
 from common.jobs.service import resolve_model
-from common.jobs.store import JobStore, KeysChanged
+from common.jobs.store import JobStore
 from common.limits import Limiter
 from common.queues import QUEUE_BULK, Priority
 from common.schemas import ChatRequest, to_gateway_error
 from common.tokens import estimate_request_tokens
+
+
+def revoked() -> UnauthorizedError:
+    """What a request of a batch whose key was revoked (or deleted) gets."""
+    return UnauthorizedError("the batch's API key was revoked")
 
 
 @dataclass
@@ -75,7 +80,7 @@ class LineSubmitter:
     ) -> None:
         """Check the request's body as a direct call's would be checked."""
         if caller is None:
-            request.error = UnauthorizedError("the batch's API key was revoked")
+            request.error = revoked()
             return
         try:
             chat = ChatRequest.model_validate(line.get("body"))
@@ -129,12 +134,4 @@ class LineSubmitter:
             "paced": 1,
         }
         task = self.task_message(request.job_id, "bulk")
-        while True:
-            try:
-                self.store.create(fields, None, task, caller.generation)
-                return
-            except KeysChanged:
-                rechecked = self.keys.recheck(caller)
-                if rechecked is None:
-                    raise UnauthorizedError("the batch's API key was revoked") from None
-                caller = rechecked
+        create_while_live(self.store, self.keys, caller, fields, None, task)

@@ -8,9 +8,19 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from common.accounts.models import KeyIdentity
+from common.accounts.store import KeyStore
 from common.catalog import ModelConfig
-from common.jobs.model import EventType, JobRecord, JobStatus, Transition, now
-from common.jobs.store import JobStore
+from common.errors import UnauthorizedError
+from common.jobs.model import (
+    EventType,
+    JobRecord,
+    JobStatus,
+    TaskPush,
+    Transition,
+    now,
+)
+from common.jobs.store import JobStore, KeysChanged
 from common.jsoncodec import dumps
 from common.limits import Limiter, Rate
 
@@ -59,6 +69,30 @@ def queued_fields(
         "request": body,
         "metadata": metadata,
     }
+
+
+def create_while_live(
+    store: JobStore,
+    keys: KeyStore,
+    caller: KeyIdentity,
+    fields: dict[str, Any],
+    claim: tuple[str, str] | None,
+    task: TaskPush,
+) -> str | None:
+    """``JobStore.create`` while ``caller``'s key is live: a key changed since it
+    was checked is checked again, and the create tried again.
+
+    Raises:
+        UnauthorizedError: the key was revoked since it was checked.
+    """
+    while True:
+        try:
+            return store.create(fields, claim, task, caller.generation)
+        except KeysChanged:
+            rechecked = keys.recheck(caller)
+            if rechecked is None:
+                raise UnauthorizedError("invalid API key") from None
+            caller = rechecked
 
 
 def key_slot(owner: str) -> str:

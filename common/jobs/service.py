@@ -27,6 +27,7 @@ from common.jobs.events import Event, EventLog
 from common.jobs.history import JobHistory, created_ms
 from common.jobs.lifecycle import (
     cancel_queued,
+    create_while_live,
     job_object,
     key_slot,
     queued_fields,
@@ -39,7 +40,7 @@ from common.jobs.model import (
     TaskPush,
     record_from,
 )
-from common.jobs.store import JobStore, KeysChanged
+from common.jobs.store import JobStore
 from common.jsoncodec import dumps
 from common.limits import Admission, Limiter, Rate
 from common.queues import Priority
@@ -241,15 +242,11 @@ class JobService:
             UnauthorizedError: the key was revoked since it was checked.
         """
         task = self.task_message(fields["id"], fields["priority"])
-        while True:
-            try:
-                return self.store.create(fields, claim, task, caller.generation)
-            except KeysChanged:
-                rechecked = self.keys.recheck(caller)
-                if rechecked is None:
-                    self.limiter.release_slots(fields["id"], [key_slot(caller.id)])
-                    raise UnauthorizedError("invalid API key") from None
-                caller = rechecked
+        try:
+            return create_while_live(self.store, self.keys, caller, fields, claim, task)
+        except UnauthorizedError:
+            self.limiter.release_slots(fields["id"], [key_slot(caller.id)])
+            raise
 
     def _admit(self, caller: KeyIdentity, tokens: int) -> Admission:
         admission = self.limiter.admit(key_rates(caller, tokens))

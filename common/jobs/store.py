@@ -30,8 +30,7 @@ from common.redis.groupcall import GroupCall
 CREATED_EVENT_ID = 1
 #: How long an ``Idempotency-Key`` remembers its job (24 h).
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-#: Most creates, starts or transitions in one script call (bounds how long it
-#: holds Redis).
+#: Most creates, starts or transitions in one script call (bounds its hold on Redis).
 MOST_PER_CALL = 64
 
 
@@ -132,21 +131,14 @@ class JobStore:
     ) -> str | None:
         """Store a new queued job with its first event, and push its task.
 
-        Args:
-            fields: the record; must hold id, owner, priority and created_at.
-            idempotency: ``(redis key, value)`` to claim; if already claimed
-                nothing is written.
-            task: the task that runs the job, pushed in the same script so
-                neither exists without the other, with its unacked entry
-                already written (see workers/broker/transport.py).
-            key_generation: the API keys' generation counter the submitting
-                key was checked at (see common/accounts/store.py); None: no check.
-
-        Raises:
-            KeysChanged: the counter moved; nothing was written.
-
-        Returns:
-            None when created, else the value already held by the idempotency key.
+        ``fields``: the record (id, owner, priority and created_at at least);
+        ``idempotency``: ``(redis key, value)`` to claim, nothing written if it
+        is claimed already; ``task``: the task that runs the job, pushed in the
+        same script so neither exists without the other, its unacked entry
+        written too (workers/broker/transport.py); ``key_generation``: the API
+        keys' counter the key was checked at (common/accounts/store.py), or None.
+        Returns None when created, else the idempotency key's value; raises
+        KeysChanged (nothing written) if the counter moved.
         """
         job_id = fields["id"]
         idem_key, idem_value = idempotency or ("", "")
@@ -187,6 +179,15 @@ class JobStore:
         """The job record, or None if it does not exist (or expired)."""
         raw = self.redis.hgetall(keys.job_key(job_id))
         return decode_record(cast(dict[bytes, bytes], raw)) if raw else None
+
+    def get_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
+        """Those of ``job_ids`` Redis holds, by id, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(keys.job_key(job_id))
+        raws = cast(list[dict[bytes, bytes]], pipe.execute())
+        found = zip(job_ids, raws, strict=True)
+        return {job_id: decode_record(raw) for job_id, raw in found if raw}
 
     def transition(
         self,
